@@ -56,8 +56,8 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 class ModelConfig:
     preset: str = ""
     """Size preset applied before the fields below: one of MODEL_PRESETS, or empty."""
-    vocab_size: int = 30522
-    """Tokenizer vocabulary size (the embedding is padded up to a multiple of pad_vocab_multiple)."""
+    vocab_size: int = 0
+    """Tokenizer vocabulary size (0: taken from the prepared data); embedding rows are padded."""
     pad_vocab_multiple: int = 8
     """Pad the embedding rows to a multiple of this (padded rows are never predicted)."""
     hidden_size: int = 768
@@ -86,8 +86,9 @@ class ModelConfig:
     def validate(self) -> None:
         if self.preset and self.preset not in MODEL_PRESETS:
             _fail("model.preset", self.preset, f"one of {', '.join(MODEL_PRESETS)}")
+        if self.vocab_size < 0:
+            _fail("model.vocab_size", self.vocab_size, "an integer >= 0 (0: from the data)")
         for name in (
-            "vocab_size",
             "pad_vocab_multiple",
             "hidden_size",
             "num_layers",
@@ -107,6 +108,7 @@ class ModelConfig:
 
     @property
     def padded_vocab_size(self) -> int:
+        assert self.vocab_size > 0, "model.vocab_size must be resolved from the data first"
         m = self.pad_vocab_multiple
         return (self.vocab_size + m - 1) // m * m
 
