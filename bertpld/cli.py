@@ -70,12 +70,129 @@ def _merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # bertpld pretrain
 
 
+def _parse_duration(text: str | None) -> float | None:
+    """'3600', '90s', '30m', '2h' -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise BertpldError(
+            f"--time-budget: got {text!r}, expected seconds or a duration like 90m, 2h"
+        ) from None
+
+
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write (runs/NAME).")],
+    data: Annotated[
+        str | None, typer.Option(help="Prepared data directory (from `bertpld prepare`).")
+    ] = None,
+    config: ConfigOpt = None,
+    pld: Annotated[
+        bool, typer.Option("--pld/--no-pld", help="Progressive Layer Dropping (implies --norm pre).")
+    ] = False,
+    norm: Annotated[str | None, typer.Option(help="Block arrangement: post (BERT) or pre (Pre-LN).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    max_samples: Annotated[int | None, typer.Option(help="Stop after this many sequences.")] = None,
+    time_budget: Annotated[
+        str | None, typer.Option(help="Stop after this much training time: seconds, or 90m, 2h.")
+    ] = None,
+    target_val_loss: Annotated[
+        float | None, typer.Option(help="Stop when validation loss reaches this.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for init, data, masking, dropout and gates.")] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Validation loss every N steps (0: end only).")
+    ] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: end only).")] = None,
+    pld_theta_bar: Annotated[float | None, typer.Option(help="PLD: limit of theta(t) (paper: 0.5).")] = None,
+    pld_gamma: Annotated[
+        float | None, typer.Option(help="PLD: decay rate of theta(t) (default 100/steps).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Pre-train BERT (MLM + NSP) on prepared data, with or without PLD.
+
+    Example: bertpld pretrain --config demo --data data/demo --out runs/pld --pld
+
+    Multi-GPU / multi-node: torchrun --nproc-per-node 8 -m bertpld.cli pretrain ...
+    """
+    from bertpld.config import PretrainConfig, load_config, parse_set, read_config_file, resolve_config_path
+    from bertpld.train import pretrain as run_pretrain
+
+    if pld and norm == "post":
+        raise BertpldError(
+            "--norm post --pld: PLD needs the Pre-LN arrangement; use --norm pre (or drop --norm)"
+        )
+    layers: list[dict[str, Any]] = []
+    saved = out / "config.json"
+    if resume and saved.is_file():
+        import json
+
+        layers.append(json.loads(saved.read_text()))
+    if config:
+        layers.append(read_config_file(resolve_config_path(config)))
+    layers.append(parse_set(set_))
+    options = _merge(
+        _options("data", path=data),
+        _options("model", norm="pre" if pld and norm is None else norm),
+        _options("pld", enabled=True if pld else None, theta_bar=pld_theta_bar, gamma=pld_gamma),
+        _options(
+            "train",
+            max_steps=max_steps,
+            max_samples=max_samples,
+            time_budget=_parse_duration(time_budget),
+            target_val_loss=target_val_loss,
+            seed=seed,
+            eval_every=eval_every,
+            save_every=save_every,
+        ),
+    )
+    layers.append(options)
+    cfg = load_config(PretrainConfig, None, *layers)
+    if not cfg.data.path:
+        raise BertpldError("--data: no prepared data directory given (run `bertpld prepare --out DIR` first)")
+    run_pretrain(cfg, out, resume=resume, overwrite=overwrite)
+
+
 # ---------------------------------------------------------------------------------------------
 # bertpld finetune
 
 
 # ---------------------------------------------------------------------------------------------
 # bertpld report
+
+
+@app.command("report")
+def report_cmd(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories written by `bertpld pretrain` (any number).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for report.md, report.html, report.json and plots.")
+    ],
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="The run the others are compared to (default: the Post-LN run among RUNS)."),
+    ] = None,
+) -> None:
+    """Compare runs against the Post-LN baseline: cost, loss, time-to-target, fine-tuning, plots.
+
+    Reads each run's config.json, env.json, data.json, metrics.jsonl, summary.json and
+    finetune/TASK/results.json. Incomplete runs, runs on different data and a missing baseline are
+    reported as warnings, with a partial report where that still makes sense.
+    """
+    from bertpld.report import print_summary, write_report
+
+    print_summary(write_report(runs, out, baseline))
+
 
 
 # ---------------------------------------------------------------------------------------------

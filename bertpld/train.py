@@ -1,0 +1,663 @@
+"""`bertpld pretrain`: the pre-training loop, one process to many nodes.
+
+`pretrain(cfg, out)` is one explicit loop. Each optimizer step:
+
+    stop?      steps / samples / wall-clock budget / target validation loss / signal
+    micro      `accum` forward+backward passes; with PLD each draws its gates from
+               (seed, step, micro-step), identically on every rank, and skipped blocks run nothing
+    reduce     one all-reduce of the gradients that exist (see bertpld.distributed)
+    step       unscale (fp16), clip, optimizer step, lr schedule
+    log        metrics.jsonl + TensorBoard every log_every steps (the only host syncs besides the
+               grad-norm check)
+    evaluate   validation loss at full depth with fixed masks every eval_every steps
+    checkpoint every save_every steps, at the end, and on SIGTERM/SIGINT
+
+Counters (samples, tokens, FLOPs, wall-clock) are global over ranks and are part of the checkpoint,
+so a resumed run continues them; wall-clock counts training only (not evaluation or checkpointing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bertpld import __version__, checkpoint, pld
+from bertpld import distributed as dist
+from bertpld.atomic import atomic_write_json
+from bertpld.config import PretrainConfig, config_differences, config_to_dict, save_config
+from bertpld.data.reader import PretrainReader, load_manifest
+from bertpld.errors import BertpldError
+from bertpld.flops import peak_flops, step_flops
+from bertpld.model import BertForPreTraining
+from bertpld.optim import build_optimizer, lr_multiplier
+
+# Fields that may change between a run and its resumption: they decide when to stop, log and save,
+# or only how fast things run. Anything else changes the run itself and is refused.
+RESUMABLE_CHANGES = ("train.max_steps", "train.max_samples", "train.time_budget", "train.target_val_loss")
+RESUMABLE_CHANGES += ("train.eval_every", "train.save_every", "train.keep_checkpoints", "train.log_every")
+
+
+@dataclass
+class Counters:
+    """Global (all-rank) progress; saved in every checkpoint."""
+
+    step: int = 0
+    samples: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    wall_s: float = 0.0
+    best_val_loss: float = math.inf
+
+
+def pretrain(
+    cfg: PretrainConfig, out: str | Path, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Pre-train according to `cfg`, writing the run directory `out`; returns the summary."""
+    out = Path(out)
+    device = resolve_device(cfg.impl.device)
+    dist.init(device.type)
+    try:
+        return _pretrain(cfg, out, device, resume, overwrite)
+    finally:
+        dist.shutdown()
+
+
+def _pretrain(
+    cfg: PretrainConfig, out: Path, device: torch.device, resume: bool, overwrite: bool
+) -> dict[str, Any]:
+    rank, world = dist.rank(), dist.world_size()
+    if cfg.impl.threads:
+        torch.set_num_threads(cfg.impl.threads)
+    manifest = load_manifest(cfg.data.path)
+    _resolve_vocab(cfg, manifest)
+    accum = micro_steps_per_step(cfg, world)
+    total_steps = schedule_steps(cfg)
+    gamma = pld.resolve_gamma(cfg.pld, total_steps) if cfg.pld.enabled else None
+    precision = resolve_precision(cfg.impl.precision, device)
+
+    # Rank 0 owns the run directory; its verdict (or its error) is shared so no rank hangs.
+    ckpt, error = None, None
+    if dist.is_main():
+        try:
+            ckpt = _prepare_run_dir(cfg, out, resume, overwrite)
+        except BertpldError as e:
+            error = str(e)
+    ckpt, error = dist.broadcast_object((ckpt, error))
+    if error:
+        raise BertpldError(error)
+    dist.barrier()
+
+    # Model and optimizer: identical initialisation on every rank (same seed), then a per-rank
+    # seed for dropout so that ranks do not share dropout masks.
+    _seed_everything(cfg.train.seed)
+    model = BertForPreTraining(cfg.model, nsp=cfg.data.objective == "mlm+nsp").to(device)
+    fused = cfg.impl.fused_optimizer and device.type == "cuda"
+    optimizer = build_optimizer(model, cfg.train, fused=fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    _seed_everything(cfg.train.seed + 1 + rank)
+    forward = model
+    if cfg.impl.compile:
+        forward = _compile(model)
+
+    train_reader = PretrainReader(
+        cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, rank, world
+    )
+    counters = Counters()
+    if ckpt is not None:
+        counters = _restore(Path(ckpt), model, optimizer, scaler, train_reader, rank, world)
+    train_batches = iter(train_reader)
+
+    writer = _Writer(out, counters.step) if dist.is_main() else None
+    stop = _StopSignal()
+    peak = peak_flops(torch.cuda.get_device_name(device), precision) if device.type == "cuda" else None
+    if dist.is_main():
+        dist.print0(
+            f"pretrain: {cfg.model.num_layers} layers x {cfg.model.hidden_size} ({_n_params(model) / 1e6:.1f}M params), "
+            f"norm={cfg.model.norm}, pld={'on' if cfg.pld.enabled else 'off'}, {world} rank(s) on {device.type}, "
+            f"batch {cfg.train.global_batch_size} = {cfg.impl.micro_batch_size} x {accum} accum x {world}, "
+            f"{str(precision).removeprefix('torch.')}"
+        )
+
+    reason = ""
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    blocks_sum, blocks_count = 0, 0
+    last_log = (counters.wall_s, counters.tokens, counters.flops)
+    tokens_local = 0
+    last_loss = math.nan
+    last_val = math.nan
+    progress = _Progress(cfg, counters) if dist.is_main() else None
+    try:
+        while True:
+            # --- stop? -------------------------------------------------------------------------
+            reason = _stop_reason(cfg, counters, stop)
+            if reason:
+                break
+
+            # --- micro-steps -------------------------------------------------------------------
+            t0 = time.perf_counter()
+            model.train()
+            theta = pld.theta(counters.step, cfg.pld.theta_bar, gamma) if cfg.pld.enabled else 1.0
+            probs = pld.keep_probs(theta, cfg.model.num_layers, cfg.pld.variant) if cfg.pld.enabled else None
+            step_flops_total = 0.0
+            for micro in range(accum):
+                batch = next(train_batches)
+                tokens_local += int(batch["attention_mask"].sum())
+                gates = None
+                if probs is not None:
+                    gates = pld.sample_gates(probs.sample, cfg.train.seed, counters.step, micro)
+                    blocks_sum += sum(gates)
+                else:
+                    blocks_sum += cfg.model.num_layers
+                blocks_count += 1
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
+                    outputs = forward(**batch, gates=gates, keep_probs=None if probs is None else probs.scale)
+                scaler.scale(outputs.loss / accum).backward()
+                loss_sum += outputs.loss.detach().float()
+                loss_count += 1
+                input_ids = batch["input_ids"]
+                step_flops_total += step_flops(
+                    cfg.model,
+                    batch_size=input_ids.shape[0],
+                    seq_len=input_ids.shape[1],
+                    blocks_executed=cfg.model.num_layers if gates is None else sum(gates),
+                    mlm_predictions=batch["mlm_positions"].numel(),
+                    nsp="nsp_labels" in batch,
+                )
+
+            # --- reduce, clip, step ------------------------------------------------------------
+            dist.all_reduce_grads(model.parameters())
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+            )
+            if precision != torch.float16 and not torch.isfinite(grad_norm):
+                # The parameters are still those of the last good step: keep them and stop.
+                optimizer.zero_grad(set_to_none=True)
+                reason = f"non-finite loss or gradient at step {counters.step}; checkpoint holds the last good state"
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.train.lr * lr_multiplier(counters.step, cfg.train, total_steps)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+            counters.step += 1
+            counters.samples += cfg.train.global_batch_size
+            counters.flops += step_flops_total * world
+            if device.type == "cuda" and counters.step % cfg.train.log_every == 0:
+                torch.cuda.synchronize(device)
+            counters.wall_s += time.perf_counter() - t0
+
+            # --- log ---------------------------------------------------------------------------
+            row: dict[str, Any] | None = None
+            if counters.step % cfg.train.log_every == 0:
+                stats = torch.tensor([loss_sum.item(), loss_count, tokens_local], dtype=torch.float64)
+                stats = _sum_over_ranks(stats, device)
+                counters.tokens += int(stats[2])
+                tokens_local = 0
+                last_loss = float(stats[0] / stats[1])
+                loss_sum.zero_()
+                loss_count = 0
+                dt = counters.wall_s - last_log[0]
+                row = {
+                    "step": counters.step,
+                    "samples": counters.samples,
+                    "tokens": counters.tokens,
+                    "loss": last_loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "theta": theta,
+                    "blocks_kept": blocks_sum / max(blocks_count, 1),
+                    "flops": counters.flops,
+                    "wall_s": counters.wall_s,
+                    "tokens_per_s": (counters.tokens - last_log[1]) / dt if dt > 0 else 0.0,
+                    "grad_norm": float(grad_norm),
+                }
+                if peak and dt > 0:
+                    # executed FLOPs since the last row, per second, per GPU, over the GPU's peak
+                    row["mfu"] = (counters.flops - last_log[2]) / dt / (peak * world)
+                blocks_sum, blocks_count = 0, 0
+                last_log = (counters.wall_s, counters.tokens, counters.flops)
+
+            # --- evaluate ----------------------------------------------------------------------
+            every = cfg.train.eval_every
+            if every and counters.step % every == 0:
+                last_val = evaluate(model, cfg, device, precision)
+                counters.best_val_loss = min(counters.best_val_loss, last_val)
+                row = row or _minimal_row(counters)
+                row["val_loss"] = last_val
+            if row is not None and writer is not None:
+                writer.write(row)
+            if progress is not None:
+                progress.update(counters, last_loss, theta, row)
+
+            # --- checkpoint --------------------------------------------------------------------
+            every = cfg.train.save_every
+            if every and counters.step % every == 0:
+                _save(out, cfg, model, optimizer, scaler, train_reader, counters)
+    finally:
+        if progress is not None:
+            progress.close()
+
+    # --- the end: final evaluation, checkpoint and summary -------------------------------------
+    if loss_count:
+        stats = _sum_over_ranks(
+            torch.tensor([loss_sum.item(), loss_count, tokens_local], dtype=torch.float64), device
+        )
+        counters.tokens += int(stats[2])
+        last_loss = float(stats[0] / stats[1])
+    if not (cfg.train.eval_every and counters.step % cfg.train.eval_every == 0) and counters.step > 0:
+        last_val = evaluate(model, cfg, device, precision)
+        counters.best_val_loss = min(counters.best_val_loss, last_val)
+        if writer is not None:
+            writer.write({**_minimal_row(counters), "loss": last_loss, "val_loss": last_val})
+    last_ckpt = checkpoint.latest_checkpoint(out)
+    if counters.step > 0 and (last_ckpt is None or not last_ckpt.name.endswith(f"{counters.step:09d}")):
+        _save(out, cfg, model, optimizer, scaler, train_reader, counters)
+    summary = {
+        "steps": counters.step,
+        "samples": counters.samples,
+        "tokens": counters.tokens,
+        "flops": counters.flops,
+        "wall_s": counters.wall_s,
+        "final_train_loss": last_loss,
+        "final_val_loss": last_val,
+        "best_val_loss": counters.best_val_loss if math.isfinite(counters.best_val_loss) else None,
+        "stop_reason": reason,
+    }
+    if writer is not None:
+        writer.close()
+        atomic_write_json(out / "summary.json", summary)
+        dist.print0(
+            f"pretrain: stopped ({reason}) after {counters.step} steps, {counters.wall_s:.1f}s; {out}"
+        )
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: BertForPreTraining, cfg: PretrainConfig, device: torch.device, precision: torch.dtype
+) -> float:
+    """Validation loss at full depth with fixed masks, the same batches whatever the world size.
+
+    Every rank reads the same validation stream and computes every world_size-th batch; the sum
+    is reduced, so the result does not depend on how many ranks there are.
+    """
+    model.eval()
+    rank, world = dist.rank(), dist.world_size()
+    reader = PretrainReader(cfg.data.path, cfg.data, "val", cfg.impl.micro_batch_size, cfg.train.seed, 0, 1)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for i, batch in enumerate(reader):
+        if i >= cfg.train.eval_batches:
+            break
+        if i % world != rank:
+            continue
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
+            out = model(**batch)
+        total[0] += out.loss.double()
+        total[1] += 1
+    if dist.is_distributed():
+        torch.distributed.all_reduce(total)
+    model.train()
+    if total[1] == 0:
+        raise BertpldError(
+            f"{cfg.data.path}: the validation split yields no batch of {cfg.impl.micro_batch_size}"
+        )
+    return float(total[0] / total[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank())
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BertpldError(f"impl.device: {name} asked for, but no CUDA device is available")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", dist.local_rank())
+    return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name == "fp16" and device.type != "cuda":
+        raise BertpldError("impl.precision: fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def micro_steps_per_step(cfg: PretrainConfig, world: int) -> int:
+    per_step = cfg.impl.micro_batch_size * world
+    if cfg.train.global_batch_size % per_step:
+        raise BertpldError(
+            f"train.global_batch_size: {cfg.train.global_batch_size} is not a multiple of "
+            f"impl.micro_batch_size x world size = {cfg.impl.micro_batch_size} x {world}"
+        )
+    return cfg.train.global_batch_size // per_step
+
+
+def schedule_steps(cfg: PretrainConfig) -> int:
+    """Optimizer steps the lr schedule (and the PLD gamma rule) span."""
+    t = cfg.train
+    if t.total_steps:
+        return t.total_steps
+    if t.max_steps:
+        return t.max_steps
+    if t.max_samples:
+        return math.ceil(t.max_samples / t.global_batch_size)
+    if not (t.time_budget or t.target_val_loss):
+        raise BertpldError(
+            "train: no stopping rule; give --max-steps, --max-samples, --time-budget or --target-val-loss"
+        )
+    needs_total = t.schedule in ("linear", "cosine") or (cfg.pld.enabled and cfg.pld.gamma is None)
+    if needs_total:
+        raise BertpldError(
+            "train.total_steps: a wall-clock or target-loss run needs the schedule's length "
+            "(--set train.total_steps=N), or schedule exp/constant and an explicit pld.gamma"
+        )
+    return 0
+
+
+def _resolve_vocab(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
+    vocab = int(manifest["vocab_size"])
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab
+    elif cfg.model.vocab_size != vocab:
+        raise BertpldError(
+            f"model.vocab_size: {cfg.model.vocab_size} does not match the data's tokenizer "
+            f"({vocab} in {Path(cfg.data.path) / 'manifest.json'}); leave it 0 to take the data's"
+        )
+
+
+def _prepare_run_dir(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bool) -> str | None:
+    """Create or check the run directory; return the checkpoint to resume from, if any."""
+    saved = out / "config.json"
+    if saved.is_file():
+        if resume:
+            old = json.loads(saved.read_text())
+            diff = {
+                k: v
+                for k, v in config_differences(old, config_to_dict(cfg)).items()
+                if not k.startswith("impl.")
+            }
+            refused = {k: v for k, v in diff.items() if k not in RESUMABLE_CHANGES}
+            if refused:
+                k, (a, b) = next(iter(refused.items()))
+                raise BertpldError(
+                    f"--resume {out}: {k} was {a!r} in that run, now {b!r}; a resumed run may change only "
+                    "when it stops, logs and saves (and impl.*)"
+                )
+            ckpt = checkpoint.latest_checkpoint(out)
+            save_config(cfg, saved)
+            if ckpt is None:
+                _truncate_metrics(out, 0)
+                return None
+            step = int(ckpt.name.split("-")[1])
+            _truncate_metrics(out, step)
+            (out / "summary.json").unlink(missing_ok=True)
+            dist.print0(f"pretrain: resuming {out} from {ckpt.name}")
+            return str(ckpt)
+        if not overwrite:
+            raise BertpldError(
+                f"--out {out}: holds a run already; pass --resume to continue it or --overwrite"
+            )
+        for name in (
+            "checkpoints",
+            "tb",
+            "metrics.jsonl",
+            "summary.json",
+            "config.json",
+            "env.json",
+            "data.json",
+        ):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise BertpldError(
+            f"--out {out}: exists and is not a bertpld run; choose a new directory or --overwrite"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)
+    manifest = load_manifest(cfg.data.path)
+    shutil.copyfile(Path(cfg.data.path) / "tokenizer.json", out / "tokenizer.json")
+    atomic_write_json(
+        out / "data.json",
+        {
+            "path": str(Path(cfg.data.path).resolve()),
+            "fingerprint": manifest.get("fingerprint"),
+            "vocab_size": manifest["vocab_size"],
+            "tokenizer_sha256": manifest.get("tokenizer_sha256"),
+        },
+    )
+    atomic_write_json(out / "env.json", environment())
+    return None
+
+
+def environment() -> dict[str, Any]:
+    """Hardware and software the run used (read by `bertpld report`)."""
+    env: dict[str, Any] = {
+        "bertpld": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "world_size": dist.world_size(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    if torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name()
+        env["gpu_count"] = torch.cuda.device_count()
+        env["cuda"] = torch.version.cuda
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+    return env
+
+
+def _truncate_metrics(out: Path, step: int) -> None:
+    """Drop metric rows a killed run logged after its last checkpoint (they will be redone)."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+    from bertpld.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    tb = out / "tb"
+    if tb.is_dir():  # TensorBoard would show both the dropped and the redone points
+        shutil.rmtree(tb)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _compile(model: torch.nn.Module):
+    try:
+        return torch.compile(model, dynamic=False)
+    except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
+        dist.print0(f"pretrain: torch.compile failed ({type(e).__name__}: {e}); running eagerly")
+        return model
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _sum_over_ranks(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if not dist.is_distributed():
+        return t
+    t = t.to(device if torch.distributed.get_backend() == "nccl" else "cpu")
+    torch.distributed.all_reduce(t)
+    return t.cpu()
+
+
+def _minimal_row(c: Counters) -> dict[str, Any]:
+    return {"step": c.step, "samples": c.samples, "tokens": c.tokens, "flops": c.flops, "wall_s": c.wall_s}
+
+
+def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal) -> str:
+    t = cfg.train
+    reason = ""
+    if stop.signal:
+        reason = f"signal {stop.signal}"
+    elif t.max_steps and c.step >= t.max_steps:
+        reason = f"max_steps {t.max_steps} reached"
+    elif t.max_samples and c.samples >= t.max_samples:
+        reason = f"max_samples {t.max_samples} reached"
+    elif t.time_budget and c.wall_s >= t.time_budget:
+        reason = f"time budget {t.time_budget:g}s reached"
+    elif t.target_val_loss and c.best_val_loss <= t.target_val_loss:
+        reason = f"target validation loss {t.target_val_loss:g} reached"
+    if dist.is_distributed() and (stop.signal or t.time_budget):
+        # Ranks must agree: any rank that wants to stop stops everyone (signals, clock skew).
+        if dist.all_reduce_max(1.0 if reason else 0.0) and not reason:
+            reason = "stopped by another rank"
+    return reason
+
+
+def _save(out, cfg, model, optimizer, scaler, reader, counters: Counters) -> None:
+    rngs = [checkpoint.rng_state()]
+    readers = [reader.state_dict()]
+    if dist.is_distributed():
+        rngs = [None] * dist.world_size()
+        readers = [None] * dist.world_size()
+        torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
+        torch.distributed.all_gather_object(readers, reader.state_dict())
+    if dist.is_main():
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "counters": dict(vars(counters)),
+            "rng": rngs,
+            "reader": readers,
+            "world_size": dist.world_size(),
+        }
+        meta = {k: v for k, v in vars(counters).items() if k != "best_val_loss"}
+        checkpoint.save_checkpoint(out, counters.step, model, state, meta, cfg.train.keep_checkpoints)
+    dist.barrier()
+
+
+def _restore(ckpt: Path, model, optimizer, scaler, reader, rank: int, world: int) -> Counters:
+    model.load_state_dict(checkpoint.load_model_weights(ckpt))
+    state = checkpoint.load_training_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if state["world_size"] != world:
+        raise BertpldError(
+            f"--resume: {ckpt} was written by {state['world_size']} rank(s), this run has {world}; "
+            "exact resumption needs the same world size"
+        )
+    reader.load_state_dict(state["reader"][rank])
+    checkpoint.set_rng_state(state["rng"][rank])
+    return Counters(**state["counters"])
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT ask the loop to checkpoint and stop at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.signal = ""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread (tests)
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+
+class _Writer:
+    """metrics.jsonl (appended, flushed per row) and TensorBoard scalars, rank 0 only."""
+
+    def __init__(self, out: Path, step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.file = (out / "metrics.jsonl").open("a")
+        self.tb = SummaryWriter(str(out / "tb"), purge_step=step or None)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self.tb.add_scalar(f"pretrain/{k}", v, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+class _Progress:
+    """A rich progress bar with ETA on rank 0 (plain lines when not on a terminal)."""
+
+    def __init__(self, cfg: PretrainConfig, c: Counters) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        t = cfg.train
+        if t.max_steps:
+            self.total, self.unit = t.max_steps, "step"
+        elif t.max_samples:
+            self.total, self.unit = t.max_samples, "samples"
+        else:
+            self.total, self.unit = (t.time_budget or None), "wall_s"
+        self.live = sys.stderr.isatty()
+        self.bar = Progress(
+            TextColumn("[bold]pretrain"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} " + self.unit),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            disable=not self.live,
+        )
+        self.task = self.bar.add_task("pretrain", total=self.total, completed=self._done(c), info="")
+        self.bar.start()
+
+    def _done(self, c: Counters) -> float:
+        return float(getattr(c, "step" if self.unit == "step" else self.unit))
+
+    def update(self, c: Counters, loss: float, theta: float, row: dict[str, Any] | None) -> None:
+        info = f"loss {loss:.3f}  theta {theta:.3f}"
+        if row and "tokens_per_s" in row:
+            info += f"  {row['tokens_per_s']:.0f} tok/s"
+        if row and "val_loss" in row:
+            info += f"  val {row['val_loss']:.3f}"
+        self.bar.update(self.task, completed=self._done(c), info=info)
+        if not self.live and row is not None:
+            print(f"step {c.step}  {info}", flush=True)
+
+    def close(self) -> None:
+        self.bar.stop()
