@@ -109,9 +109,8 @@ def _pretrain(
     optimizer = build_optimizer(model, cfg.train, fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
     _seed_everything(cfg.train.seed + 1 + rank)
-    forward = model
     if cfg.impl.compile:
-        forward = _compile(model)
+        _compile_blocks(model)
 
     train_reader = PretrainReader(
         cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, rank, world
@@ -152,21 +151,21 @@ def _pretrain(
             t0 = time.perf_counter()
             model.train()
             theta = pld.theta(counters.step, cfg.pld.theta_bar, gamma) if cfg.pld.enabled else 1.0
-            probs = pld.keep_probs(theta, cfg.model.num_layers, cfg.pld.variant) if cfg.pld.enabled else None
             step_flops_total = 0.0
             for micro in range(accum):
                 batch = next(train_batches)
                 tokens_local += int(batch["attention_mask"].sum())
-                gates = None
-                if probs is not None:
-                    gates = pld.sample_gates(probs.sample, cfg.train.seed, counters.step, micro)
-                    blocks_sum += sum(gates)
-                else:
-                    blocks_sum += cfg.model.num_layers
+                gates = keep = None
+                if cfg.pld.enabled:
+                    gates, keep = pld.layer_gates(
+                        theta, cfg.model.num_layers, cfg.pld.variant, cfg.train.seed, counters.step, micro
+                    )
+                blocks = cfg.model.num_layers if gates is None else sum(gates)
+                blocks_sum += blocks
                 blocks_count += 1
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
-                    outputs = forward(**batch, gates=gates, keep_probs=None if probs is None else probs.scale)
+                    outputs = model(**batch, gates=gates, keep_probs=keep)
                 scaler.scale(outputs.loss / accum).backward()
                 loss_sum += outputs.loss.detach().float()
                 loss_count += 1
@@ -175,7 +174,7 @@ def _pretrain(
                     cfg.model,
                     batch_size=input_ids.shape[0],
                     seq_len=input_ids.shape[1],
-                    blocks_executed=cfg.model.num_layers if gates is None else sum(gates),
+                    blocks_executed=blocks,
                     mlm_predictions=batch["mlm_positions"].numel(),
                     nsp="nsp_labels" in batch,
                 )
@@ -503,12 +502,18 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _compile(model: torch.nn.Module):
-    try:
-        return torch.compile(model, dynamic=False)
-    except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
-        dist.print0(f"pretrain: torch.compile failed ({type(e).__name__}: {e}); running eagerly")
-        return model
+def _compile_blocks(model: BertForPreTraining) -> None:
+    """torch.compile each encoder block (and the heads) on its own.
+
+    Compiling blocks rather than the whole model keeps PLD's skipping plain Python control flow
+    between compiled pieces, so a new gate pattern never triggers a recompilation. Errors in a
+    backend fall back to eager execution instead of stopping the run.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    for block in model.bert.encoder.blocks:
+        block.compile(dynamic=False)
 
 
 def _n_params(model: torch.nn.Module) -> int:
