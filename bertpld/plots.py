@@ -1,0 +1,140 @@
+"""The report's figures: loss curves, the PLD schedule as executed, throughput (PNG bytes).
+
+Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas directly, so nothing here touches
+pyplot's global state or needs a display.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# tab10, so that a run keeps its colour in every figure
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+@dataclass
+class Curve:
+    """One run as the plots need it: its label and its metrics.jsonl rows."""
+
+    label: str
+    rows: list[dict[str, Any]]
+    color: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _series(rows: Sequence[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        a, b = r.get(x), r.get(y)
+        if _finite(a) and _finite(b):
+            xs.append(float(a))
+            ys.append(float(b))
+    return xs, ys
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _new(ncols: int) -> tuple[Figure, list[Any]]:
+    fig = Figure(figsize=(6.0 * ncols, 4.0), layout="constrained")
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return fig, axes
+
+
+X_AXES = {
+    "samples": ("samples", "training samples (sequences)"),
+    "wall": ("wall_s", "training wall-clock (s)"),
+    "flops": ("flops", "executed FLOPs (cumulative)"),
+}
+
+
+def loss_figure(curves: Sequence[Curve], x: str, target: float | None) -> bytes:
+    """Train loss (left) and validation loss (right) against samples, wall-clock or FLOPs."""
+    key, xlabel = X_AXES[x]
+    fig, (ax_t, ax_v) = _new(2)
+    for c in curves:
+        xs, ys = _series(c.rows, key, "loss")
+        if xs:
+            ax_t.plot(xs, ys, color=c.color, lw=1.2, label=c.label)
+        xs, ys = _series(c.rows, key, "val_loss")
+        if xs:
+            ax_v.plot(xs, ys, color=c.color, lw=1.5, marker="o", ms=3, label=c.label)
+    if target is not None:
+        ax_v.axhline(target, color="black", ls="--", lw=1, label="target: baseline's final val loss")
+    ax_t.set_title("training loss")
+    ax_v.set_title("validation loss")
+    for ax in (ax_t, ax_v):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("loss")
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def pld_figure(curves: Sequence[Curve]) -> bytes:
+    """theta(t) and the number of encoder blocks executed per step, as logged."""
+    fig, (ax_th, ax_b) = _new(2)
+    for c in curves:
+        xs, ys = _series(c.rows, "step", "theta")
+        if xs:
+            ax_th.plot(xs, ys, color=c.color, lw=1.5, label=c.label)
+        xs, ys = _series(c.rows, "step", "blocks_kept")
+        if xs:
+            ax_b.plot(xs, ys, color=c.color, lw=1.2, label=c.label)
+    ax_th.set_title("theta(t): keep probability of the top block")
+    ax_th.set_ylabel("theta")
+    ax_th.set_ylim(0, 1.05)
+    ax_b.set_title("encoder blocks executed per step")
+    ax_b.set_ylabel("blocks")
+    for ax in (ax_th, ax_b):
+        ax.set_xlabel("optimizer step")
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def throughput_figure(curves: Sequence[Curve]) -> bytes:
+    """Training tokens per second against wall-clock."""
+    fig, (ax,) = _new(1)
+    fig.set_size_inches(8.0, 4.0)
+    for c in curves:
+        xs, ys = _series(c.rows, "wall_s", "tokens_per_s")
+        if xs:
+            ax.plot(xs, ys, color=c.color, lw=1.2, label=c.label)
+    ax.set_title("throughput")
+    ax.set_xlabel("training wall-clock (s)")
+    ax.set_ylabel("tokens / s")
+    ax.set_ylim(bottom=0)
+    if ax.has_data():
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def all_figures(curves: Sequence[Curve], target: float | None) -> dict[str, tuple[bytes, str]]:
+    """File name -> (PNG bytes, caption), in the order the report shows them."""
+    for i, c in enumerate(curves):
+        c.color = c.color or COLORS[i % len(COLORS)]
+    return {
+        "loss_vs_samples.png": (loss_figure(curves, "samples", target), "Loss against training samples"),
+        "loss_vs_wall.png": (loss_figure(curves, "wall", target), "Loss against training wall-clock"),
+        "loss_vs_flops.png": (loss_figure(curves, "flops", target), "Loss against executed FLOPs"),
+        "pld_schedule.png": (pld_figure(curves), "PLD schedule as executed: theta(t) and blocks per step"),
+        "throughput.png": (throughput_figure(curves), "Training throughput over time"),
+    }

@@ -1,0 +1,1120 @@
+"""`bertpld report`: what PLD saved and what it cost, from what the runs wrote.
+
+Reads only the files of the run directory contract (docs/DESIGN.md "Run directory"): config.json,
+env.json, data.json, metrics.jsonl, summary.json and finetune/TASK/results.json. The run kind
+follows from the config: Post-LN = the baseline, Pre-LN without PLD, Pre-LN with PLD.
+
+All numbers are computed once into one JSON-able dict (report.json); report.md and report.html are
+two renderings of the same sections, so they cannot disagree.
+
+Rules worth knowing (also stated in the report):
+- Ratios are run / baseline, from summary.json, or from the last metrics row of an incomplete run.
+- Time-to-target: the first point where a run's validation loss reaches the baseline's final
+  validation loss, linearly interpolated between the two evaluation rows around the crossing.
+  Speed-up = baseline's total (FLOPs or wall-clock) / the run's value at that point.
+- GLUE: per metric, the median over seeds; per task, the mean of its metrics (GLUE's rule for
+  multi-metric tasks: MRPC and QQP (F1+Acc)/2, STS-B (Pearson+Spearman)/2, MNLI (m+mm)/2); the
+  average is the mean of task scores over the tasks every fine-tuned run has.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertpld import __version__
+from bertpld.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from bertpld.config import config_differences
+from bertpld.errors import BertpldError
+
+KIND_LABELS = {
+    "post": "Post-LN baseline",
+    "pre": "Pre-LN (no PLD)",
+    "pld": "PLD",
+    "unknown": "unknown (no config.json)",
+}
+
+# GLUE in the paper's column order; other tasks (e.g. rt-polarity) follow in name order.
+TASK_ORDER = ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli", "wnli"]
+TASK_NAMES = {
+    "rte": "RTE",
+    "mrpc": "MRPC",
+    "stsb": "STS-B",
+    "cola": "CoLA",
+    "sst2": "SST-2",
+    "qnli": "QNLI",
+    "qqp": "QQP",
+    "mnli": "MNLI",
+    "wnli": "WNLI",
+}
+METRIC_ORDER = ["f1", "acc", "pearson", "spearman", "mcc", "acc_m", "acc_mm"]
+METRIC_NAMES = {
+    "f1": "F1",
+    "acc": "Acc",
+    "pearson": "P",
+    "spearman": "S",
+    "mcc": "MCC",
+    "acc_m": "m",
+    "acc_mm": "mm",
+}
+GLUE_RULE = (
+    "Per metric: median over fine-tuning seeds. Per task: the mean of its metrics, as GLUE scores "
+    "multi-metric tasks (MRPC, QQP: (F1+Acc)/2; STS-B: (Pearson+Spearman)/2; MNLI: (m+mm)/2). "
+    "Average: mean of the task scores over the tasks that every fine-tuned run has. "
+    "Metrics are shown x100."
+)
+
+# docs/METHOD.md section 5 (Zhang & He, NeurIPS 2020): BERT-base, Wikipedia + BookCorpus.
+PAPER: dict[str, Any] = {
+    "source": "Zhang & He 2020, Progressive Layer Dropping (docs/METHOD.md section 5)",
+    "setup": "BERT-base, Wikipedia + BookCorpus, batch 4096, seq 128, fp16, 64x V100 32GB, 200k steps",
+    "flops_ratio": 0.75,
+    "wall_hours": {"baseline": 38.45, "pld": 29.22},
+    "wall_ratio": 29.22 / 38.45,
+    "speedup_to_similar_accuracy": 2.5,
+    "glue": {
+        "BERT-base (their baseline)": {
+            "rte": {"acc": 67.8},
+            "mrpc": {"f1": 88.0, "acc": 86.0},
+            "stsb": {"pearson": 89.5, "spearman": 89.2},
+            "cola": {"mcc": 52.5},
+            "sst2": {"acc": 91.2},
+            "qnli": {"acc": 87.1},
+            "qqp": {"f1": 89.0, "acc": 90.6},
+            "mnli": {"acc_m": 82.5, "acc_mm": 83.4},
+        },
+        "PLD": {
+            "rte": {"acc": 69.3},
+            "mrpc": {"f1": 86.6, "acc": 84.3},
+            "stsb": {"pearson": 90.0, "spearman": 89.6},
+            "cola": {"mcc": 55.8},
+            "sst2": {"acc": 91.6},
+            "qnli": {"acc": 90.7},
+            "qqp": {"f1": 89.6, "acc": 91.2},
+            "mnli": {"acc_m": 84.1, "acc_mm": 83.8},
+        },
+    },
+}
+
+ENV_ORDER = ["device_name", "device", "gpu_count", "world_size", "torch", "python", "platform", "cpu_count"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading run directories
+
+
+@dataclass
+class Run:
+    """What one run directory holds, as read (missing files are None / empty, with a warning)."""
+
+    path: Path
+    name: str
+    config: dict[str, Any] | None
+    env: dict[str, Any]
+    data: dict[str, Any] | None
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    finetune: dict[str, dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return run_kind(self.config) if self.config is not None else "unknown"
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if _num(r.get("val_loss")) is not None]
+
+    def total(self, key: str) -> float | None:
+        """A run total from summary.json, else (incomplete run) from its last metrics row."""
+        if self.summary is not None and _num(self.summary.get(key)) is not None:
+            return float(self.summary[key])
+        for r in reversed(self.rows):
+            if _num(r.get(key)) is not None:
+                return float(r[key])
+        return None
+
+    @property
+    def final_train_loss(self) -> float | None:
+        if self.summary is not None and _num(self.summary.get("final_train_loss")) is not None:
+            return float(self.summary["final_train_loss"])
+        return next((float(r["loss"]) for r in reversed(self.rows) if _num(r.get("loss")) is not None), None)
+
+    @property
+    def final_val_loss(self) -> float | None:
+        if self.summary is not None and _num(self.summary.get("final_val_loss")) is not None:
+            return float(self.summary["final_val_loss"])
+        ev = self.evals
+        return float(ev[-1]["val_loss"]) if ev else None
+
+
+def run_kind(config: dict[str, Any]) -> str:
+    """'post', 'pre' or 'pld' from a resolved PretrainConfig dict."""
+    norm = (config.get("model") or {}).get("norm", "post")
+    pld = bool((config.get("pld") or {}).get("enabled", False))
+    if pld:
+        return "pld"
+    return "pre" if norm == "pre" else "post"
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory; raise BertpldError if `path` is not one at all."""
+    p = Path(path)
+    if not p.is_dir():
+        raise BertpldError(f"{p}: not a directory (expected a run directory written by `bertpld pretrain`)")
+    if not (p / "config.json").is_file() and not (p / "metrics.jsonl").is_file():
+        raise BertpldError(f"{p}: not a run directory (it has neither config.json nor metrics.jsonl)")
+    warnings: list[str] = []
+    name = p.resolve().name
+    config = _read_json(p / "config.json", warnings, name)
+    env = _read_json(p / "env.json", warnings, name) or {}
+    data = _read_json(p / "data.json", warnings, name)
+    rows = _read_metrics(p / "metrics.jsonl", warnings, name)
+    summary = None
+    if (p / "summary.json").is_file():
+        summary = _read_json(p / "summary.json", warnings, name)
+    else:
+        warnings.append(
+            f"{name}: incomplete (no summary.json: still running or stopped early); "
+            "using its last metrics row"
+        )
+    finetune: dict[str, dict[str, Any]] = {}
+    for f in sorted((p / "finetune").glob("*/results.json")):
+        res = _read_json(f, warnings, name)
+        if res is not None:
+            finetune[str(res.get("task") or f.parent.name)] = res
+    return Run(p, name, config, env, data, rows, summary, finetune, warnings)
+
+
+def _read_json(path: Path, warnings: list[str], name: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        warnings.append(f"{name}: {path.name} is missing")
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        warnings.append(f"{name}: {path} is unreadable ({e}); ignored")
+        return None
+    if not isinstance(obj, dict):
+        warnings.append(f"{name}: {path} is not a JSON object; ignored")
+        return None
+    return obj
+
+
+def _read_metrics(path: Path, warnings: list[str], name: str) -> list[dict[str, Any]]:
+    """metrics.jsonl rows in step order.
+
+    Rows logged at the same step (a training row and an evaluation row) are merged, later keys
+    winning. A step lower than the previous one means the run resumed from a checkpoint and logged
+    those steps again: the rows after the checkpoint from the interrupted attempt are dropped.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        warnings.append(f"{name}: metrics.jsonl is missing (no curves, no time-to-target)")
+        return []
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or _num(row.get("step")) is None:
+            if i == len(lines) - 1:
+                warnings.append(f"{name}: last line of metrics.jsonl is incomplete (run still writing?)")
+            else:
+                bad += 1
+            continue
+        while rows and rows[-1]["step"] > row["step"]:
+            rows.pop()
+        if rows and rows[-1]["step"] == row["step"]:
+            rows[-1] = {**rows[-1], **row}
+        else:
+            rows.append(row)
+    if bad:
+        warnings.append(f"{name}: {bad} malformed line(s) in metrics.jsonl skipped")
+    if not rows:
+        warnings.append(f"{name}: metrics.jsonl has no rows")
+    return rows
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+# ----------------------------------------------------------------------------------------------
+# The numbers
+
+
+def time_to_target(evals: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """Where validation loss first reached `target` (<=), interpolated linearly between evaluations.
+
+    Returns {step, samples, tokens, flops, wall_s, at_first_eval} or None when it never did.
+    At the first evaluation there is no earlier point to interpolate from: its values are used.
+    """
+    prev = None
+    for r in evals:
+        v = _num(r.get("val_loss"))
+        if v is None:
+            continue
+        if v <= target:
+            keys = ("step", "samples", "tokens", "flops", "wall_s")
+            if prev is None:
+                out = {k: _num(r.get(k)) for k in keys}
+                return {**out, "at_first_eval": True}
+            pv = float(prev["val_loss"])
+            frac = (pv - target) / (pv - v)  # pv > target >= v, so 0 < frac <= 1
+            out = {}
+            for k in keys:
+                a, b = _num(prev.get(k)), _num(r.get(k))
+                out[k] = None if a is None or b is None else a + frac * (b - a)
+            return {**out, "at_first_eval": False}
+        prev = r
+    return None
+
+
+def glue_scores(result: dict[str, Any]) -> dict[str, Any]:
+    """One finetune results.json -> medians over seeds (x100), the task score, seed count and spread."""
+    names = result.get("metric_names") or result.get("metrics_names")
+    seeds = result.get("seeds") or []
+    if not names:
+        names = list(result.get("median") or (seeds[0].get("metrics", {}) if seeds else {}))
+    names = sorted(names, key=lambda n: (METRIC_ORDER.index(n) if n in METRIC_ORDER else 99, n))
+    medians: dict[str, float | None] = {}
+    per_seed: dict[str, list[float]] = {}
+    for n in names:
+        vals = [_num((s.get("metrics") or {}).get(n)) for s in seeds]
+        vals = [v for v in vals if v is not None]
+        per_seed[n] = vals
+        if vals:
+            medians[n] = statistics.median(vals)
+        else:  # no per-seed values: trust the file's own median
+            medians[n] = _num((result.get("median") or {}).get(n))
+    present = [v for v in medians.values() if v is not None]
+    # metrics.py returns fractions; a file already in percent is left as it is
+    scale = 1.0 if any(abs(v) > 1.0 for v in present) else 100.0
+    medians = {n: (None if v is None else v * scale) for n, v in medians.items()}
+    good = [v for v in medians.values() if v is not None]
+    main = result.get("main_metric")
+    main_vals = [v * scale for v in per_seed.get(main, [])] if main else []
+    return {
+        "metrics": medians,
+        "score": sum(good) / len(good) if good and len(good) == len(medians) else None,
+        "seeds": len(seeds),
+        "main_metric": main,
+        "main_min": min(main_vals) if main_vals else None,
+        "main_max": max(main_vals) if main_vals else None,
+        "wall_s": _num(result.get("wall_s")),
+        "flops": _num(result.get("flops")),
+    }
+
+
+def _task_key(task: str) -> str:
+    return task.lower().replace("-", "").replace("_", "")
+
+
+def _task_sort(task: str) -> tuple[int, str]:
+    k = _task_key(task)
+    return (TASK_ORDER.index(k) if k in TASK_ORDER else len(TASK_ORDER), k)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def choose_baseline(runs: list[Run], baseline: Run | None) -> tuple[Run | None, list[str]]:
+    """The explicit baseline, else the (first) Post-LN run; warnings say what was chosen and why."""
+    if baseline is not None:
+        notes = []
+        if baseline.kind != "post":
+            notes.append(
+                f"baseline {baseline.name} is a {KIND_LABELS[baseline.kind]} run, not Post-LN (chosen by --baseline)"
+            )
+        return baseline, notes
+    post = [r for r in runs if r.kind == "post"]
+    if not post:
+        return None, [
+            "no baseline: none of the runs is a Post-LN run and --baseline was not given; "
+            "ratios and time-to-target are left out (pass --baseline RUN to compare against one)"
+        ]
+    notes = []
+    if len(post) > 1:
+        others = ", ".join(r.name for r in post[1:])
+        notes.append(f"several Post-LN runs: {post[0].name} is the baseline ({others} compared to it)")
+    return post[0], notes
+
+
+def _data_warnings(runs: list[Run]) -> list[str]:
+    """Runs on different data or tokenizers are not comparable: say so loudly."""
+    out = []
+    for key, what in (
+        ("fingerprint", "data"),
+        ("tokenizer_sha256", "tokenizer"),
+        ("vocab_size", "vocabulary"),
+    ):
+        seen: dict[Any, list[str]] = {}
+        for r in runs:
+            if r.data is not None and r.data.get(key) is not None:
+                seen.setdefault(r.data[key], []).append(r.name)
+        if len(seen) > 1:
+            groups = "; ".join(f"{', '.join(names)}: {str(v)[:12]}" for v, names in seen.items())
+            out.append(
+                f"DIFFERENT {what.upper()}: runs used different {what} ({key}: {groups}); "
+                "losses and time-to-target are NOT comparable across these groups"
+            )
+    unknown = [r.name for r in runs if r.data is None]
+    if unknown and len(runs) > 1:
+        out.append(
+            f"data identity unknown for {', '.join(unknown)} (no data.json): comparability not checked"
+        )
+    return out
+
+
+def _hardware_warnings(runs: list[Run]) -> list[str]:
+    out = []
+    for key in ("device_name", "gpu_count", "world_size"):
+        vals = {json.dumps(r.env.get(key)) for r in runs if key in r.env}
+        if len(vals) > 1:
+            out.append(
+                f"runs ran on different hardware ({key} differs): wall-clock ratios mix in the hardware"
+            )
+            break
+    return out
+
+
+def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | None = None) -> dict[str, Any]:
+    """All the report's numbers (the content of report.json)."""
+    warnings = list(extra_warnings or [])
+    for r in runs:
+        warnings.extend(r.warnings)
+    warnings.extend(_data_warnings(runs))
+    warnings.extend(_hardware_warnings(runs))
+    target = baseline.final_val_loss if baseline is not None else None
+    if baseline is not None and target is None:
+        warnings.append(f"baseline {baseline.name} has no validation loss: no time-to-target")
+    if baseline is not None and not baseline.complete:
+        warnings.append(f"baseline {baseline.name} is incomplete: its totals and target are provisional")
+
+    base_tot = {k: baseline.total(k) for k in ("samples", "tokens", "flops", "wall_s")} if baseline else {}
+    out_runs = []
+    for r in runs:
+        tot = {k: r.total(k) for k in ("samples", "tokens", "flops", "wall_s", "steps")}
+        if tot["steps"] is None and r.rows:
+            tot["steps"] = _num(r.rows[-1].get("step"))
+        tps = [v for v in (_num(x.get("tokens_per_s")) for x in r.rows) if v is not None]
+        mfu = [v for v in (_num(x.get("mfu")) for x in r.rows) if v is not None]
+        entry: dict[str, Any] = {
+            "name": r.name,
+            "path": str(r.path),
+            "kind": r.kind,
+            "label": KIND_LABELS[r.kind],
+            "is_baseline": r is baseline,
+            "complete": r.complete,
+            "stop_reason": (r.summary or {}).get("stop_reason"),
+            **tot,
+            "final_train_loss": r.final_train_loss,
+            "final_val_loss": r.final_val_loss,
+            "evaluations": len(r.evals),
+            "tokens_per_s_median": statistics.median(tps) if tps else None,
+            "mfu_median": statistics.median(mfu) if mfu else None,
+            "ratios": {k: _ratio(tot[k], base_tot.get(k)) for k in ("samples", "tokens", "flops", "wall_s")},
+            "time_to_target": None,
+            "glue": {
+                t: glue_scores(res) for t, res in sorted(r.finetune.items(), key=lambda x: _task_sort(x[0]))
+            },
+            "env": r.env,
+            "data": r.data,
+        }
+        if target is not None:
+            hit = time_to_target(r.evals, target)
+            if hit is None:
+                entry["time_to_target"] = {"reached": False}
+            else:
+                entry["time_to_target"] = {
+                    "reached": True,
+                    **hit,
+                    "speedup_flops": _ratio(base_tot.get("flops"), hit["flops"]),
+                    "speedup_wall_s": _ratio(base_tot.get("wall_s"), hit["wall_s"]),
+                }
+        out_runs.append(entry)
+
+    # GLUE average over the tasks every fine-tuned run has, so that averages are comparable
+    tuned = [e for e in out_runs if e["glue"]]
+    common = sorted(set.intersection(*(set(e["glue"]) for e in tuned)) if tuned else set(), key=_task_sort)
+    for e in out_runs:
+        scores = [e["glue"][t]["score"] for t in common if t in e["glue"]]
+        ok = bool(common) and len(scores) == len(common) and all(s is not None for s in scores)
+        e["glue_average"] = sum(scores) / len(scores) if ok else None
+    all_tasks = sorted({t for e in tuned for t in e["glue"]}, key=_task_sort)
+    if set(all_tasks) != set(common):
+        warnings.append(
+            "fine-tuned tasks differ between runs: the GLUE average uses only "
+            + (", ".join(common) or "no tasks")
+        )
+    if baseline is not None:
+        for e in out_runs:
+            sr = e["ratios"]["samples"]
+            if sr is not None and abs(sr - 1) > 0.01:
+                warnings.append(
+                    f"{e['name']} saw {sr:.2f}x the baseline's samples: its FLOPs and wall-clock ratios "
+                    "are not at equal samples"
+                )
+
+    paper_glue = {
+        row: {"metrics": tasks, "average": sum(sum(m.values()) / len(m) for m in tasks.values()) / len(tasks)}
+        for row, tasks in PAPER["glue"].items()
+    }
+    report = {
+        "generated_by": f"bertpld {__version__}",
+        "baseline": baseline.name if baseline else None,
+        "target_val_loss": target,
+        "warnings": warnings,
+        "runs": out_runs,
+        "glue": {"tasks": all_tasks, "average_over": common, "rule": GLUE_RULE},
+        "paper": {**PAPER, "glue_average_by_our_rule": {k: v["average"] for k, v in paper_glue.items()}},
+        "headline": _headline(out_runs),
+        "config_differences": _config_table(runs, baseline),
+    }
+    return report
+
+
+def _headline(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Each run against the baseline, and PLD against Pre-LN (what dropping buys on its own)."""
+    base = next((e for e in runs if e["is_baseline"]), None)
+    if base is None:
+        return None
+    cols = {}
+    for e in runs:
+        if e is base:
+            continue
+        ttt = e["time_to_target"] or {}
+        cols[f"{e['name']} / {base['name']}"] = {
+            "flops": e["ratios"]["flops"],
+            "wall_s": e["ratios"]["wall_s"],
+            "samples": e["ratios"]["samples"],
+            "speedup_flops": ttt.get("speedup_flops"),
+            "speedup_wall_s": ttt.get("speedup_wall_s"),
+            "reached": ttt.get("reached"),
+            "glue": (e["glue_average"], base["glue_average"]),
+        }
+    pld = next((e for e in runs if e["kind"] == "pld"), None)
+    pre = next((e for e in runs if e["kind"] == "pre"), None)
+    if pld and pre:
+        tp, tq = pld["time_to_target"] or {}, pre["time_to_target"] or {}
+        cols[f"{pld['name']} / {pre['name']}"] = {
+            "flops": _ratio(pld["flops"], pre["flops"]),
+            "wall_s": _ratio(pld["wall_s"], pre["wall_s"]),
+            "samples": _ratio(pld["samples"], pre["samples"]),
+            "speedup_flops": _ratio(tq.get("flops"), tp.get("flops")),
+            "speedup_wall_s": _ratio(tq.get("wall_s"), tp.get("wall_s")),
+            "reached": tp.get("reached") and tq.get("reached"),
+            "glue": (pld["glue_average"], pre["glue_average"]),
+        }
+    return cols
+
+
+def _config_table(runs: list[Run], baseline: Run | None) -> dict[str, Any]:
+    """Every config field that differs from the reference run, with each run's value."""
+    ref = baseline or next((r for r in runs if r.config is not None), None)
+    if ref is None or ref.config is None:
+        return {"reference": None, "fields": {}}
+    diffs = {
+        r.name: config_differences(ref.config, r.config)
+        for r in runs
+        if r.config is not None and r is not ref
+    }
+    keys = sorted({k for d in diffs.values() for k in d})
+    fields: dict[str, dict[str, Any]] = {}
+    for k in keys:
+        ref_val = next(d[k][0] for d in diffs.values() if k in d)
+        fields[k] = {ref.name: ref_val}
+        for name, d in diffs.items():
+            fields[k][name] = d[k][1] if k in d else ref_val
+    return {"reference": ref.name, "fields": fields}
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt_int(v: float | None) -> str:
+    return "–" if v is None else f"{round(v):,}"
+
+
+def fmt_flops(v: float | None) -> str:
+    if v is None:
+        return "–"
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.3g} FLOP"
+
+
+def fmt_time(v: float | None) -> str:
+    if v is None:
+        return "–"
+    if v < 120:
+        return f"{v:.1f} s"
+    if v < 7200:
+        return f"{v / 60:.1f} min"
+    return f"{v / 3600:.2f} h"
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}x"
+
+
+def fmt_loss(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def fmt_pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def _with_ratio(text: str, ratio: float | None) -> str:
+    return text if ratio is None else f"{text} ({ratio:.3f}x)"
+
+
+def _val(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _task_header(task: str, metrics: list[str]) -> str:
+    name = TASK_NAMES.get(_task_key(task), task)
+    if len(metrics) > 1 or (metrics and metrics[0] != "acc"):
+        return f"{name} {'/'.join(METRIC_NAMES.get(m, m) for m in metrics)}"
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections: a neutral document (title, blocks) rendered to Markdown and HTML
+
+
+def sections(rep: dict[str, Any], images: dict[str, str]) -> list[tuple[str, list[tuple]]]:
+    """The report as (title, blocks); a block is ('p', text), ('warn', text), ('table', headers, rows)
+    or ('img', file name, caption)."""
+    runs = rep["runs"]
+    base = rep["baseline"]
+    out: list[tuple[str, list[tuple]]] = []
+
+    # --- overview and warnings
+    blocks: list[tuple] = []
+    names = ", ".join(f"{e['name']} ({e['label']}{'' if e['complete'] else ', incomplete'})" for e in runs)
+    blocks.append(("p", f"Runs: {names}."))
+    if base:
+        blocks.append(
+            (
+                "p",
+                f"Baseline: {base}. Ratios are run / baseline. Target for time-to-target: the baseline's "
+                f"final validation loss, {fmt_loss(rep['target_val_loss'])}.",
+            )
+        )
+    for w in rep["warnings"]:
+        blocks.append(("warn", w))
+    out.append(("Overview", blocks))
+
+    # --- headline against the paper
+    if rep["headline"]:
+        out.append(("Headline: ours beside the paper's", _headline_blocks(rep)))
+
+    # --- cost
+    rows = []
+    for e in runs:
+        r = e["ratios"]
+        rows.append(
+            [
+                e["name"] + (" (baseline)" if e["is_baseline"] else ""),
+                e["label"],
+                "complete" if e["complete"] else "INCOMPLETE",
+                fmt_int(e["steps"]),
+                _with_ratio(fmt_int(e["samples"]), r["samples"]),
+                _with_ratio(fmt_int(e["tokens"]), r["tokens"]),
+                _with_ratio(fmt_flops(e["flops"]), r["flops"]),
+                _with_ratio(fmt_time(e["wall_s"]), r["wall_s"]),
+                fmt_int(e["tokens_per_s_median"]),
+            ]
+        )
+    headers = [
+        "run",
+        "kind",
+        "status",
+        "steps",
+        "samples",
+        "tokens",
+        "FLOPs",
+        "wall-clock",
+        "tokens/s (median)",
+    ]
+    if any(e["mfu_median"] is not None for e in runs):
+        headers.append("MFU (median)")
+        for row, e in zip(rows, runs):
+            row.append("–" if e["mfu_median"] is None else f"{100 * e['mfu_median']:.1f}%")
+    out.append(
+        (
+            "Cost of pre-training",
+            [
+                ("table", headers, rows),
+                (
+                    "p",
+                    "FLOPs are the analytic count of what was executed (bertpld.flops: blocks actually run, "
+                    "attention included, forward + 2x backward), not hardware counters; a skipped block costs "
+                    "nothing. Wall-clock is training time as the loop measured it (evaluation excluded). "
+                    "In brackets: ratio to the baseline.",
+                ),
+            ],
+        )
+    )
+
+    # --- quality
+    rows = []
+    for e in runs:
+        ttt = e["time_to_target"]
+        if ttt is None:
+            reach = ["–"] * 4
+        elif not ttt["reached"]:
+            reach = ["not reached"] * 2 + ["–"] * 2
+        else:
+            mark = " (at first eval)" if ttt["at_first_eval"] else ""
+            reach = [
+                fmt_flops(ttt["flops"]) + mark,
+                fmt_time(ttt["wall_s"]) + mark,
+                fmt_ratio(ttt["speedup_flops"]),
+                fmt_ratio(ttt["speedup_wall_s"]),
+            ]
+        rows.append(
+            [
+                e["name"],
+                fmt_loss(e["final_train_loss"]),
+                fmt_loss(e["final_val_loss"]),
+                str(e["evaluations"]),
+                *reach,
+            ]
+        )
+    text = (
+        "Time-to-target: the FLOPs and wall-clock at which a run's validation loss first reached the "
+        "baseline's final validation loss, linearly interpolated between the two evaluations around the "
+        "crossing. Speed-up = baseline's total / the run's value at the target."
+        if base
+        else "No baseline, so no target: time-to-target is left out."
+    )
+    out.append(
+        (
+            "Loss and time-to-target",
+            [
+                (
+                    "table",
+                    [
+                        "run",
+                        "final train loss",
+                        "final val loss",
+                        "evals",
+                        "FLOPs to target",
+                        "wall-clock to target",
+                        "speed-up (FLOPs)",
+                        "speed-up (wall)",
+                    ],
+                    rows,
+                ),
+                ("p", text),
+            ],
+        )
+    )
+
+    # --- GLUE
+    out.append(("Fine-tuning (GLUE and others)", _glue_blocks(rep)))
+
+    # --- plots
+    out.append(("Plots", [("img", name, cap) for name, cap in images.items()]))
+
+    # --- environment and config
+    env_keys = sorted(
+        {k for e in runs for k in e["env"]}, key=lambda k: (ENV_ORDER.index(k) if k in ENV_ORDER else 99, k)
+    )
+    env_rows = [[k, *(_val(e["env"].get(k, "–")) for e in runs)] for k in env_keys]
+    data_rows = [
+        [k, *(_val((e["data"] or {}).get(k, "–")) for e in runs)]
+        for k in ("path", "fingerprint", "tokenizer_sha256", "vocab_size")
+    ]
+    blocks = []
+    if env_rows:
+        blocks.append(("table", ["", *(e["name"] for e in runs)], env_rows))
+    else:
+        blocks.append(("p", "No env.json in any run."))
+    blocks.append(("p", "Data used (data.json):"))
+    blocks.append(("table", ["", *(e["name"] for e in runs)], data_rows))
+    out.append(("Hardware, software and data", blocks))
+
+    cd = rep["config_differences"]
+    if cd["reference"] is None:
+        blocks = [("p", "No config.json to compare.")]
+    elif not cd["fields"]:
+        blocks = [("p", f"All configs equal {cd['reference']}'s.")]
+    else:
+        others = [e["name"] for e in runs if e["name"] in next(iter(cd["fields"].values()))]
+        blocks = [
+            (
+                "table",
+                ["field", *others],
+                [[k, *(_val(v.get(n)) for n in others)] for k, v in cd["fields"].items()],
+            ),
+            ("p", f"Only the fields that differ from {cd['reference']}'s resolved config.json."),
+        ]
+    out.append(("Config differences", blocks))
+    return out
+
+
+def _headline_blocks(rep: dict[str, Any]) -> list[tuple]:
+    paper = rep["paper"]
+    pg = paper["glue_average_by_our_rule"]
+    cols = rep["headline"]
+    headers = ["", "paper: PLD / BERT-base", *cols]
+
+    def speed(c: dict[str, Any]) -> str:
+        if c["reached"] is False:
+            return "target not reached"
+        if c["speedup_flops"] is None:
+            return "–"
+        return f"{fmt_ratio(c['speedup_flops'])} FLOPs, {fmt_ratio(c['speedup_wall_s'])} wall"
+
+    def glue(c: dict[str, Any]) -> str:
+        a, b = c["glue"]
+        if a is None or b is None:
+            return "–"
+        return f"{a:.1f} vs {b:.1f} ({a - b:+.1f})"
+
+    pb, pp = pg["BERT-base (their baseline)"], pg["PLD"]
+    rows = [
+        ["samples (ratio)", "1.000x (equal samples)", *(fmt_ratio(c["samples"]) for c in cols.values())],
+        [
+            "FLOPs (ratio)",
+            f"{paper['flops_ratio']:.3f}x (25% fewer)",
+            *(fmt_ratio(c["flops"]) for c in cols.values()),
+        ],
+        [
+            "wall-clock (ratio)",
+            f"{paper['wall_ratio']:.3f}x (38.45 h -> 29.22 h, 64x V100)",
+            *(fmt_ratio(c["wall_s"]) for c in cols.values()),
+        ],
+        [
+            "speed-up to target",
+            f"{paper['speedup_to_similar_accuracy']}x to similar GLUE accuracy",
+            *(speed(c) for c in cols.values()),
+        ],
+        ["fine-tune average", f"{pp:.1f} vs {pb:.1f} ({pp - pb:+.1f})", *(glue(c) for c in cols.values())],
+    ]
+    return [
+        ("table", headers, rows),
+        (
+            "p",
+            f"The paper's column is the paper's ({paper['setup']}), not ours; its GLUE averages are computed "
+            "here from its table by the rule below. Our speed-up is to the baseline's final validation loss, "
+            "the paper's to similar downstream accuracy; the paper's PLD also used a 10x higher learning rate "
+            "than its Post-LN baseline. The last column, where present, isolates what dropping layers buys "
+            "over the Pre-LN arrangement alone (the three-way comparison of METHOD.md section 6).",
+        ),
+    ]
+
+
+def _glue_blocks(rep: dict[str, Any]) -> list[tuple]:
+    runs = rep["runs"]
+    tasks = rep["glue"]["tasks"]
+    blocks: list[tuple] = []
+    if not tasks:
+        blocks.append(("p", "No fine-tuning results (finetune/TASK/results.json) in any run."))
+    else:
+        metric_lists = {}
+        for t in tasks:
+            ms: list[str] = []
+            for e in runs:
+                for m in e["glue"].get(t, {}).get("metrics", {}):
+                    if m not in ms:
+                        ms.append(m)
+            metric_lists[t] = ms
+        headers = ["run", *(_task_header(t, metric_lists[t]) for t in tasks), "average"]
+        rows = []
+        for e in runs:
+            row = [e["name"]]
+            for t in tasks:
+                g = e["glue"].get(t)
+                row.append(
+                    "–" if g is None else "/".join(fmt_pct(g["metrics"].get(m)) for m in metric_lists[t])
+                )
+            row.append(fmt_pct(e["glue_average"]))
+            rows.append(row)
+        blocks.append(("table", headers, rows))
+        blocks.append(
+            ("p", GLUE_RULE + " Averaged over: " + (", ".join(rep["glue"]["average_over"]) or "none") + ".")
+        )
+        rows = []
+        for e in runs:
+            for t, g in e["glue"].items():
+                spread = (
+                    "–"
+                    if g["main_min"] is None
+                    else f"{fmt_pct(g['main_min'])} – {fmt_pct(g['main_max'])} ({g['main_metric']})"
+                )
+                rows.append(
+                    [
+                        e["name"],
+                        t,
+                        str(g["seeds"]),
+                        fmt_pct(g["score"]),
+                        spread,
+                        fmt_time(g["wall_s"]),
+                        fmt_flops(g["flops"]),
+                    ]
+                )
+        blocks.append(
+            (
+                "table",
+                ["run", "task", "seeds", "task score", "min – max over seeds", "wall-clock", "FLOPs"],
+                rows,
+            )
+        )
+    # the paper's table, clearly apart from ours
+    paper = rep["paper"]
+    ptasks = list(next(iter(paper["glue"].values())))
+    headers = ["paper's runs", *(_task_header(t, list(paper["glue"]["PLD"][t])) for t in ptasks), "average"]
+    rows = [
+        [
+            row,
+            *("/".join(fmt_pct(v) for v in tasks[t].values()) for t in ptasks),
+            fmt_pct(paper["glue_average_by_our_rule"][row]),
+        ]
+        for row, tasks in paper["glue"].items()
+    ]
+    blocks.append(
+        ("p", f"For reference, the paper's GLUE dev results (median of 5 seeds; {paper['setup']}):")
+    )
+    blocks.append(("table", headers, rows))
+    return blocks
+
+
+def render_markdown(rep: dict[str, Any], images: dict[str, str]) -> str:
+    """report.md: plots are linked as the PNG files written beside it."""
+
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["# bertpld report", "", f"Generated by {rep['generated_by']}.", ""]
+    for title, blocks in sections(rep, images):
+        lines += [f"## {title}", ""]
+        for b in blocks:
+            if b[0] == "p":
+                lines += [b[1], ""]
+            elif b[0] == "warn":
+                lines += [f"> **Warning:** {b[1]}", ""]
+            elif b[0] == "table":
+                _, headers, rows = b
+                lines.append("| " + " | ".join(cell(h) for h in headers) + " |")
+                lines.append("|" + "---|" * len(headers))
+                lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+                lines.append("")
+            elif b[0] == "img":
+                lines += [f"![{b[2]}]({b[1]})", ""]
+    return "\n".join(lines)
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: #1f2328;
+       max-width: 1200px; margin: 2em auto; padding: 0 1.5em; line-height: 1.45; }
+h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 14px; display: block; overflow-x: auto; }
+th, td { border: 1px solid #d0d7de; padding: 5px 10px; text-align: right; white-space: nowrap; }
+th { background: #f6f8fa; }
+th:first-child, td:first-child { text-align: left; font-weight: 600; }
+tr:nth-child(even) td { background: #fbfcfd; }
+p { max-width: 60em; }
+.warn { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: .6em 1em; margin: .5em 0; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #d0d7de; border-radius: 4px; }
+figcaption { color: #57606a; font-size: 14px; }
+.meta { color: #57606a; }
+"""
+
+
+def render_html(rep: dict[str, Any], images: dict[str, str], pngs: dict[str, bytes]) -> str:
+    """report.html: self-contained, the PNGs embedded as base64."""
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>bertpld report</title><style>{CSS}</style></head><body>",
+        "<h1>bertpld report</h1>",
+        f'<p class="meta">Generated by {e(rep["generated_by"])}.</p>',
+    ]
+    for title, blocks in sections(rep, images):
+        parts.append(f"<h2>{e(title)}</h2>")
+        for b in blocks:
+            if b[0] == "p":
+                parts.append(f"<p>{e(b[1])}</p>")
+            elif b[0] == "warn":
+                parts.append(f'<div class="warn"><strong>Warning:</strong> {e(b[1])}</div>')
+            elif b[0] == "table":
+                _, headers, rows = b
+                parts.append(
+                    "<table><thead><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in headers) + "</tr></thead>"
+                )
+                parts.append("<tbody>")
+                for row in rows:
+                    parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>")
+                parts.append("</tbody></table>")
+            elif b[0] == "img":
+                data = base64.b64encode(pngs[b[1]]).decode("ascii")
+                parts.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{e(b[2])}">'
+                    f"<figcaption>{e(b[2])}</figcaption></figure>"
+                )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+
+
+@dataclass
+class ReportResult:
+    report: dict[str, Any]
+    out: Path
+    files: list[Path]
+
+
+def write_report(
+    run_paths: list[str | Path], out: str | Path, baseline: str | Path | None = None
+) -> ReportResult:
+    """Read the runs, write report.md, report.html, report.json and the PNG plots into `out`."""
+    from bertpld.plots import Curve, all_figures  # matplotlib only when a report is written
+
+    if not run_paths:
+        raise BertpldError("report: give at least one run directory")
+    runs: list[Run] = []
+    seen: dict[Path, Run] = {}
+    for p in run_paths:
+        key = Path(p).resolve()
+        if key in seen:
+            continue
+        seen[key] = load_run(p)
+        runs.append(seen[key])
+    base_run = None
+    if baseline is not None:
+        key = Path(baseline).resolve()
+        if key not in seen:  # a baseline not listed among the runs is added to them
+            seen[key] = load_run(baseline)
+            runs.insert(0, seen[key])
+        base_run = seen[key]
+    _unique_names(runs)
+    base_run, notes = choose_baseline(runs, base_run)
+    if base_run is not None:  # the baseline first in every table
+        runs.remove(base_run)
+        runs.insert(0, base_run)
+    rep = compare(runs, base_run, notes)
+
+    curves = [
+        Curve(e["name"] + ("" if r.complete else " (incomplete)"), r.rows) for r, e in zip(runs, rep["runs"])
+    ]
+    figures = all_figures(curves, rep["target_val_loss"])
+    pngs = {name: png for name, (png, _) in figures.items()}
+    captions = {name: cap for name, (_, cap) in figures.items()}
+
+    out = Path(out)
+    files = []
+    for name, png in pngs.items():
+        atomic_write_bytes(out / name, png)
+        files.append(out / name)
+    atomic_write_json(out / "report.json", _json_safe(rep))
+    atomic_write_text(out / "report.md", render_markdown(rep, captions))
+    atomic_write_text(out / "report.html", render_html(rep, captions, pngs))
+    files += [out / "report.json", out / "report.md", out / "report.html"]
+    return ReportResult(rep, out, files)
+
+
+def _unique_names(runs: list[Run]) -> None:
+    """Two runs called 'pld' in different folders get their parent folder prefixed."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.name] = counts.get(r.name, 0) + 1
+    for r in runs:
+        if counts[r.name] > 1:
+            r.name = f"{r.path.resolve().parent.name}/{r.name}"
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf as null (strict JSON), tuples as lists."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def print_summary(result: ReportResult, console: Any = None) -> None:
+    """A short table on the terminal, then the warnings and where the report is."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console()
+    rep = result.report
+    t = Table(
+        title="bertpld report" + (f" (baseline: {rep['baseline']})" if rep["baseline"] else " (no baseline)")
+    )
+    for h in (
+        "run",
+        "kind",
+        "status",
+        "FLOPs x",
+        "wall x",
+        "final val",
+        "to target (FLOPs, wall)",
+        "fine-tune avg",
+    ):
+        t.add_column(h)
+    for e in rep["runs"]:
+        ttt = e["time_to_target"]
+        if ttt is None:
+            reach = "–"
+        elif not ttt["reached"]:
+            reach = "not reached"
+        else:
+            reach = f"{fmt_ratio(ttt['speedup_flops'])}, {fmt_ratio(ttt['speedup_wall_s'])}"
+        t.add_row(
+            e["name"],
+            e["label"],
+            "complete" if e["complete"] else "[yellow]incomplete[/]",
+            fmt_ratio(e["ratios"]["flops"]),
+            fmt_ratio(e["ratios"]["wall_s"]),
+            fmt_loss(e["final_val_loss"]),
+            reach,
+            fmt_pct(e["glue_average"]),
+        )
+    console.print(t)
+    for w in rep["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
+    console.print(f"report: {result.out / 'report.html'}  (also report.md, report.json)")

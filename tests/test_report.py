@@ -1,0 +1,360 @@
+"""`bertpld report` on hand-written run directories: every number checked against hand-computed values."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bertpld.cli import app
+from bertpld.config import PretrainConfig, config_to_dict
+from bertpld.errors import BertpldError
+from bertpld.report import glue_scores, load_run, time_to_target, write_report
+
+DATA = {"path": "data/demo", "fingerprint": "f" * 64, "vocab_size": 1000, "tokenizer_sha256": "t" * 64}
+ENV = {"device": "cpu", "device_name": "Test CPU", "gpu_count": 0, "world_size": 1, "torch": "2.13.0"}
+
+
+def _config(norm: str, pld: bool, lr: float = 1e-4) -> dict:
+    cfg = config_to_dict(PretrainConfig())
+    cfg["model"].update(preset="tiny", num_layers=4, norm=norm)
+    cfg["pld"]["enabled"] = pld
+    cfg["train"]["lr"] = lr
+    return cfg
+
+
+def _rows(flops: list[float], wall: list[float], loss: list[float], val: dict[int, float]) -> list[dict]:
+    """Four logged steps (10, 20, 30, 40) of 10 samples x 128 tokens per step; val at the given steps."""
+    rows = []
+    for i, (f, w, train_loss) in enumerate(zip(flops, wall, loss)):
+        step = 10 * (i + 1)
+        row = {
+            "step": step,
+            "samples": 10 * step,
+            "tokens": 1280 * step,
+            "loss": train_loss,
+            "lr": 1e-4,
+            "theta": 1.0 - 0.1 * i,
+            "blocks_kept": 4 - i * 0.3,
+            "flops": f,
+            "wall_s": w,
+            "tokens_per_s": 1280 * step / w,
+        }
+        if step in val:
+            row["val_loss"] = val[step]
+        rows.append(row)
+    return rows
+
+
+def _seed_results(task: str, names: list[str], per_seed: list[dict[str, float]]) -> dict:
+    return {
+        "task": task,
+        "config": {},
+        "metric_names": names,
+        "main_metric": names[0],
+        "seeds": [
+            {"seed": 42 + i, "metrics": m, "wall_s": 5.0, "flops": 1e9} for i, m in enumerate(per_seed)
+        ],
+        "median": {},
+        "wall_s": 5.0 * len(per_seed),
+        "flops": 1e9 * len(per_seed),
+    }
+
+
+def make_run(
+    root: Path,
+    name: str,
+    cfg: dict,
+    rows: list[dict] | None,
+    summary: bool = True,
+    data: dict | None = None,
+    finetune: dict[str, dict] | None = None,
+    tail: str = "",
+) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "env.json").write_text(json.dumps(ENV))
+    (d / "data.json").write_text(json.dumps(data or DATA))
+    if rows is not None:
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+    if summary and rows:
+        last = rows[-1]
+        val = [r["val_loss"] for r in rows if "val_loss" in r]
+        s = {
+            "steps": last["step"],
+            "samples": last["samples"],
+            "tokens": last["tokens"],
+            "flops": last["flops"],
+            "wall_s": last["wall_s"],
+            "final_train_loss": last["loss"],
+            "final_val_loss": val[-1],
+            "stop_reason": "max_steps",
+        }
+        (d / "summary.json").write_text(json.dumps(s))
+    for task, res in (finetune or {}).items():
+        (d / "finetune" / task).mkdir(parents=True)
+        (d / "finetune" / task / "results.json").write_text(json.dumps(res))
+    return d
+
+
+@pytest.fixture
+def three_runs(tmp_path: Path) -> dict[str, Path]:
+    """Post-LN baseline, Pre-LN without PLD and PLD, numbers chosen so that results are easy by hand."""
+    post = make_run(
+        tmp_path,
+        "post",
+        _config("post", False),
+        _rows([1e12, 2e12, 3e12, 4e12], [10, 20, 30, 40], [6.0, 5.0, 4.5, 4.0], {20: 5.0, 40: 4.0}),
+        finetune={
+            "rte": _seed_results("rte", ["acc"], [{"acc": 0.6}, {"acc": 0.7}, {"acc": 0.65}]),
+            "mrpc": _seed_results(
+                "mrpc", ["acc", "f1"], [{"f1": 0.80, "acc": 0.70}, {"f1": 0.90, "acc": 0.74}]
+            ),
+        },
+    )
+    pre = make_run(
+        tmp_path,
+        "pre",
+        _config("pre", False, lr=1e-3),
+        _rows([1e12, 2e12, 3e12, 4e12], [11, 22, 33, 44], [5.8, 4.8, 4.2, 3.7], {20: 4.6, 40: 3.6}),
+    )
+    pld = make_run(
+        tmp_path,
+        "pld",
+        _config("pre", True, lr=1e-3),
+        _rows([0.8e12, 1.6e12, 2.3e12, 3.0e12], [8, 16, 23, 30], [5.9, 4.9, 4.3, 3.8], {20: 4.5, 40: 3.5}),
+        finetune={
+            "rte": _seed_results("rte", ["acc"], [{"acc": a} for a in (0.7, 0.72, 0.74, 0.5)]),
+            "mrpc": _seed_results("mrpc", ["f1", "acc"], [{"f1": 0.9, "acc": 0.8}]),
+        },
+    )
+    return {"post": post, "pre": pre, "pld": pld}
+
+
+def _by_name(rep: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in rep["runs"]}
+
+
+def test_time_to_target_interpolates_between_evaluations() -> None:
+    evals = [
+        {"step": 20, "samples": 200, "tokens": 1, "flops": 2.0, "wall_s": 20.0, "val_loss": 4.6},
+        {"step": 40, "samples": 400, "tokens": 1, "flops": 4.0, "wall_s": 44.0, "val_loss": 3.6},
+    ]
+    hit = time_to_target(evals, 4.0)
+    # (4.6 - 4.0) / (4.6 - 3.6) = 0.6 of the way from step 20 to step 40
+    assert hit["flops"] == pytest.approx(3.2)
+    assert hit["wall_s"] == pytest.approx(20 + 0.6 * 24)
+    assert hit["samples"] == pytest.approx(320)
+    assert not hit["at_first_eval"]
+    assert time_to_target(evals, 3.0) is None
+    first = time_to_target(evals, 5.0)
+    assert first["at_first_eval"] and first["flops"] == 2.0
+    # the FIRST crossing counts, even if the loss goes back up afterwards
+    bumpy = [{**evals[0], "val_loss": 5.0}, {**evals[1], "val_loss": 3.0}, {**evals[1], "val_loss": 4.5}]
+    assert time_to_target(bumpy, 4.0)["flops"] == pytest.approx(2.0 + 0.5 * 2.0)
+
+
+def test_glue_scores_median_and_task_score() -> None:
+    g = glue_scores(_seed_results("mrpc", ["acc", "f1"], [{"f1": 0.8, "acc": 0.7}, {"f1": 0.9, "acc": 0.74}]))
+    assert g["metrics"] == pytest.approx({"f1": 85.0, "acc": 72.0})
+    assert list(g["metrics"]) == ["f1", "acc"]  # shown as in the paper: F1/Acc
+    assert g["score"] == pytest.approx(78.5)
+    assert g["seeds"] == 2
+    g = glue_scores(_seed_results("rte", ["acc"], [{"acc": a} for a in (0.7, 0.72, 0.74, 0.5)]))
+    assert g["metrics"]["acc"] == pytest.approx(71.0)  # median of an even count: mean of the middle two
+    assert (g["main_min"], g["main_max"]) == pytest.approx((50.0, 74.0))
+    mnli = glue_scores(_seed_results("mnli", ["acc_m", "acc_mm"], [{"acc_m": 0.84, "acc_mm": 0.83}]))
+    assert mnli["score"] == pytest.approx(83.5)
+
+
+def test_report_numbers(three_runs: dict[str, Path], tmp_path: Path) -> None:
+    res = write_report([three_runs["pld"], three_runs["pre"], three_runs["post"]], tmp_path / "rep")
+    rep = res.report
+    assert rep["baseline"] == "post"
+    assert [e["name"] for e in rep["runs"]] == ["post", "pld", "pre"]  # baseline first
+    assert rep["target_val_loss"] == 4.0
+    runs = _by_name(rep)
+    assert {n: e["kind"] for n, e in runs.items()} == {"post": "post", "pre": "pre", "pld": "pld"}
+    assert runs["pld"]["label"] == "PLD" and runs["pre"]["label"] == "Pre-LN (no PLD)"
+
+    # ratios to the baseline
+    assert runs["pld"]["ratios"] == pytest.approx(
+        {"samples": 1.0, "tokens": 1.0, "flops": 0.75, "wall_s": 0.75}
+    )
+    assert runs["pre"]["ratios"]["wall_s"] == pytest.approx(1.1)
+    assert runs["post"]["ratios"]["flops"] == 1.0
+    assert runs["pld"]["final_train_loss"] == 3.8 and runs["pld"]["final_val_loss"] == 3.5
+
+    # time-to-target: pld crosses 4.0 half-way between (1.6e12, 16 s, 4.5) and (3.0e12, 30 s, 3.5)
+    t = runs["pld"]["time_to_target"]
+    assert t["reached"] and t["flops"] == pytest.approx(2.3e12) and t["wall_s"] == pytest.approx(23.0)
+    assert t["speedup_flops"] == pytest.approx(4e12 / 2.3e12)
+    assert t["speedup_wall_s"] == pytest.approx(40 / 23)
+    t = runs["pre"]["time_to_target"]
+    assert t["flops"] == pytest.approx(3.2e12) and t["wall_s"] == pytest.approx(35.2)
+    assert t["speedup_flops"] == pytest.approx(1.25)
+    assert runs["post"]["time_to_target"]["speedup_flops"] == pytest.approx(1.0)
+
+    # fine-tuning: pre has none, so the average runs over rte and mrpc
+    assert rep["glue"]["average_over"] == ["rte", "mrpc"]
+    assert runs["post"]["glue"]["rte"]["metrics"]["acc"] == pytest.approx(65.0)
+    assert runs["post"]["glue_average"] == pytest.approx((65.0 + 78.5) / 2)
+    assert runs["pld"]["glue_average"] == pytest.approx((71.0 + 85.0) / 2)
+    assert runs["pre"]["glue_average"] is None
+
+    # headline, including PLD against Pre-LN alone
+    h = rep["headline"]
+    assert h["pld / post"]["flops"] == pytest.approx(0.75)
+    assert h["pld / pre"]["wall_s"] == pytest.approx(30 / 44)
+    assert h["pld / pre"]["speedup_flops"] == pytest.approx(3.2 / 2.3)
+    # the paper's averages by our rule, from its table in METHOD.md
+    assert rep["paper"]["glue_average_by_our_rule"]["PLD"] == pytest.approx(82.125)
+    assert rep["paper"]["glue_average_by_our_rule"]["BERT-base (their baseline)"] == pytest.approx(80.9625)
+
+    # config differences: only norm, pld.enabled and lr
+    fields = rep["config_differences"]["fields"]
+    assert set(fields) == {"model.norm", "pld.enabled", "train.lr"}
+    assert fields["train.lr"] == {"post": 1e-4, "pld": 1e-3, "pre": 1e-3}
+    assert not [w for w in rep["warnings"] if "DIFFERENT" in w]
+
+
+def test_report_files(three_runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    write_report(list(three_runs.values()), out)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == [
+        "loss_vs_flops.png",
+        "loss_vs_samples.png",
+        "loss_vs_wall.png",
+        "pld_schedule.png",
+        "throughput.png",
+    ]
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5
+    assert 'src="loss' not in html  # self-contained: no links to files
+    md = (out / "report.md").read_text()
+    assert "![Loss against training samples](loss_vs_samples.png)" in md
+    # tables carry the numbers: PLD FLOPs ratio, time-to-target, the GLUE average, the paper's column
+    for text in (md, html):
+        assert "3 TFLOP (0.750x)" in text
+        assert "2.3 TFLOP" in text and "1.739x" in text
+        assert "78.0" in text and "71.8" in text
+        assert "0.750x (25% fewer)" in text and "38.45 h -&gt; 29.22 h" in text.replace("->", "-&gt;")
+    assert "| MRPC F1/Acc |" in md or "MRPC F1/Acc" in md
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["runs"][0]["name"] == "post"
+    assert not list(out.glob(".*tmp"))  # atomic writes leave no temporaries
+
+
+def test_not_reached_and_incomplete(tmp_path: Path, three_runs: dict[str, Path]) -> None:
+    slow = make_run(
+        tmp_path,
+        "slow",
+        _config("pre", True),
+        _rows([1e12, 2e12, 3e12, 4e12], [10, 20, 30, 40], [6, 5, 4.8, 4.6], {20: 4.5, 40: 4.2}),
+        summary=False,
+        tail='{"step": 50, "samples": 5',  # the run is still writing its next row
+    )
+    res = write_report([three_runs["post"], slow], tmp_path / "rep")
+    e = _by_name(res.report)["slow"]
+    assert e["time_to_target"] == {"reached": False}
+    assert not e["complete"]
+    assert e["samples"] == 400 and e["flops"] == 4e12  # from the last complete metrics row
+    assert e["final_val_loss"] == 4.2
+    ws = " ".join(res.report["warnings"])
+    assert "slow: incomplete" in ws and "last line of metrics.jsonl is incomplete" in ws
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "not reached" in md and "INCOMPLETE" in md
+
+
+def test_mismatched_data_warns(tmp_path: Path, three_runs: dict[str, Path], capsys) -> None:
+    other = make_run(
+        tmp_path,
+        "other",
+        _config("pre", True),
+        _rows([1e12, 2e12, 3e12, 4e12], [10, 20, 30, 40], [6, 5, 4, 3], {40: 3.0}),
+        data={**DATA, "fingerprint": "0" * 64, "tokenizer_sha256": "1" * 64},
+    )
+    runner = CliRunner()
+    r = runner.invoke(app, ["report", str(three_runs["post"]), str(other), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert "DIFFERENT DATA" in r.output and "DIFFERENT TOKENIZER" in r.output
+    assert "report.html" in r.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "DIFFERENT DATA" in md and "NOT comparable" in md
+
+
+def test_no_baseline_gives_partial_report(tmp_path: Path, three_runs: dict[str, Path]) -> None:
+    res = write_report([three_runs["pre"], three_runs["pld"]], tmp_path / "rep")
+    rep = res.report
+    assert rep["baseline"] is None and rep["headline"] is None
+    assert any("no baseline" in w for w in rep["warnings"])
+    assert all(e["ratios"]["flops"] is None and e["time_to_target"] is None for e in rep["runs"])
+    assert _by_name(rep)["pld"]["final_val_loss"] == 3.5
+    assert (tmp_path / "rep" / "report.html").is_file()
+    # an explicit baseline of another kind is used, and said to be unusual
+    rep = write_report([three_runs["pld"]], tmp_path / "rep2", baseline=three_runs["pre"]).report
+    assert rep["baseline"] == "pre"
+    assert _by_name(rep)["pld"]["ratios"]["wall_s"] == pytest.approx(30 / 44)
+    assert any("not Post-LN" in w for w in rep["warnings"])
+
+
+def test_finetune_tasks_differ(tmp_path: Path, three_runs: dict[str, Path]) -> None:
+    pre = three_runs["pre"]
+    (pre / "finetune" / "rte").mkdir(parents=True)
+    (pre / "finetune" / "rte" / "results.json").write_text(
+        json.dumps(_seed_results("rte", ["acc"], [{"acc": 0.66}]))
+    )
+    rep = write_report(list(three_runs.values()), tmp_path / "rep").report
+    assert rep["glue"]["average_over"] == ["rte"]
+    assert _by_name(rep)["post"]["glue_average"] == pytest.approx(65.0)
+    assert _by_name(rep)["pre"]["glue_average"] == pytest.approx(66.0)
+    assert any("fine-tuned tasks differ" in w for w in rep["warnings"])
+
+
+def test_resumed_run_keeps_latest_rows(tmp_path: Path) -> None:
+    rows = _rows([1, 2, 3, 4], [1, 2, 3, 4], [6, 5, 4, 3], {20: 5.0})
+    # logged 10, 20, 30; resumed from the step-10 checkpoint: 20, 30, 40 again
+    again = [{**r, "loss": r["loss"] - 0.5} for r in rows[1:]]
+    again[0]["val_loss"] = 4.8
+    eval_row = {"step": 40, "val_loss": 2.9}  # an evaluation logged as its own row
+    d = make_run(tmp_path, "resumed", _config("post", False), rows[:3] + again + [eval_row], summary=False)
+    run = load_run(d)
+    assert [r["step"] for r in run.rows] == [10, 20, 30, 40]
+    assert [r["loss"] for r in run.rows] == [6, 4.5, 3.5, 2.5]
+    assert run.rows[-1]["val_loss"] == 2.9 and run.rows[-1]["flops"] == 4
+    assert run.rows[1]["val_loss"] == 4.8  # the interrupted attempt's evaluation at step 20 is replaced
+
+
+def test_not_a_run_directory(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BertpldError, match=r"empty: not a run directory"):
+        load_run(tmp_path / "empty")
+    with pytest.raises(BertpldError, match="not a directory"):
+        load_run(tmp_path / "missing")
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert isinstance(r.exception, BertpldError)
+    assert "\n" not in str(r.exception)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_files_are_warned(tmp_path: Path, three_runs: dict[str, Path]) -> None:
+    (three_runs["pld"] / "env.json").unlink()
+    (three_runs["pld"] / "data.json").unlink()
+    rep = write_report([three_runs["post"], three_runs["pld"]], tmp_path / "rep").report
+    ws = rep["warnings"]
+    assert "pld: env.json is missing" in ws and "pld: data.json is missing" in ws
+    assert any("data identity unknown for pld" in w for w in ws)
+    assert _by_name(rep)["pld"]["ratios"]["flops"] == pytest.approx(0.75)
+
+
+def test_help_is_plain() -> None:
+    r = CliRunner().invoke(app, ["report", "--help"])
+    assert r.exit_code == 0
+    assert re.search(r"--baseline", r.output) and "Post-LN" in r.output
