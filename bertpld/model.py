@@ -1,0 +1,332 @@
+"""BERT in two block arrangements, its heads, and the encoder loop that skips dropped blocks.
+
+- `post`: the original BERT block (LayerNorm after each residual add), computes exactly what
+  Hugging Face `BertModel` computes; the baseline.
+- `pre`: the Switchable-Transformer block of PLD (LayerNorm on each sublayer input, one final
+  LayerNorm after the last block); computes what `RobertaPreLayerNormModel` computes.
+
+Progressive Layer Dropping lives only in `Encoder.forward`: a block whose gate is 0 is not called
+at all (no forward, no backward), a kept block scales both residual increments by 1 / p_l.
+Gates are drawn outside the model (`bertpld.pld`), so the model holds no PLD state.
+
+Parameter names are ours; `bertpld.hf` maps them to Hugging Face names in both directions.
+Shapes: B batch, T sequence, H hidden, nh heads, hs head size, P masked positions, V padded vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertpld.config import ModelConfig
+from bertpld.errors import BertpldError
+
+
+class PretrainOutput(NamedTuple):
+    loss: Tensor | None
+    """mlm_loss (+ nsp_loss); None without labels."""
+    mlm_loss: Tensor | None
+    nsp_loss: Tensor | None
+    mlm_logits: Tensor
+    """(B, P, V_padded); the padded vocabulary columns hold -inf, so they are never predicted."""
+    nsp_logits: Tensor | None
+    """(B, 2), 0 = is next; None for a model built without NSP."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout (both arrangements)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(cfg.padded_vocab_size, cfg.hidden_size)
+        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        T = input_ids.size(1)
+        pos = self.position.weight[:T]  # (T, H): positions 0..T-1, as in Hugging Face BERT
+        x = self.word(input_ids) + self.token_type(token_type_ids) + pos
+        return self.dropout(self.norm(x))  # (B, T, H)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; Q, K and V come from one fused projection (one matmul)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.attention_dropout = cfg.attention_dropout
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).reshape(B, T, H)
+        return self.dropout(self.out(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))  # exact (erf) GELU, as BERT
+
+
+class Block(nn.Module):
+    """One encoder block; `attn_norm`/`ffn_norm` are the LayerNorms that belong to each sublayer
+    (after the residual add for 'post', on the sublayer input for 'pre')."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.attn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attn = SelfAttention(cfg)
+        self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x: Tensor, mask: Tensor, scale: float = 1.0) -> Tensor:
+        if not self.pre_norm:
+            h = self.attn_norm(x + self.attn(x, mask))
+            return self.ffn_norm(h + self.ffn(h))
+        a = self.attn(self.attn_norm(x), mask)
+        if scale != 1.0:  # skipped at p = 1 so that theta = 1 is bit-identical to no PLD
+            a = a * scale
+        h = x + a
+        f = self.ffn(self.ffn_norm(h))
+        if scale != 1.0:
+            f = f * scale
+        return h + f
+
+
+class Encoder(nn.Module):
+    """The stack of blocks (+ the final LayerNorm for 'pre'): the only place PLD acts."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        gates: Sequence[bool] | None = None,
+        keep_probs: Sequence[float] | None = None,
+    ) -> Tensor:
+        # Eval never consumes gates: validation and fine-tuning always run the full, unscaled stack.
+        if gates is None or not self.training:
+            for block in self.blocks:
+                x = block(x, mask)
+        else:
+            if self.final_norm is None:
+                raise BertpldError(
+                    "model.norm: layer gates need the 'pre' arrangement; PLD is not defined for 'post'"
+                )
+            L = len(self.blocks)
+            if keep_probs is None or len(gates) != L or len(keep_probs) != L:
+                raise BertpldError(f"PLD: gates and keep_probs must both have one entry per block ({L})")
+            for block, gate, p in zip(self.blocks, gates, keep_probs):
+                if gate:  # a dropped block is an exact identity: not called, so nothing is computed
+                    x = block(x, mask, scale=1.0 / p)
+        return x if self.final_norm is None else self.final_norm(x)
+
+
+class BertModel(nn.Module):
+    """Embeddings + encoder (+ pooler: dense + tanh on [CLS], used by NSP and classification)."""
+
+    def __init__(self, cfg: ModelConfig, pooler: bool) -> None:
+        super().__init__()
+        self.embeddings = Embeddings(cfg)
+        self.encoder = Encoder(cfg)
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor,
+        attention_mask: Tensor,
+        gates: Sequence[bool] | None = None,
+        keep_probs: Sequence[float] | None = None,
+    ) -> Tensor:
+        # (B, 1, 1, T) boolean, True = attend; broadcast over heads and query positions.
+        mask = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)
+        return self.encoder(x, mask, gates, keep_probs)  # (B, T, H)
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        assert self.pooler is not None, "model built without a pooler"
+        return torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, cfg: ModelConfig) -> None:
+    """BERT initialisation, applied to every submodule of `module`.
+
+    Linear and embedding weights ~ Normal(0, cfg.initializer_range) (0.02 in BERT), all biases 0,
+    LayerNorm weight 1 and bias 0; the MLM output bias 0. The padded vocabulary rows of the word
+    embedding are zeroed: no token id reaches them and the MLM head never predicts them.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=cfg.initializer_range)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=cfg.initializer_range)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, MLMHead):
+            nn.init.zeros_(m.bias)
+    for m in module.modules():  # after the loop above, which visits the embedding's children later
+        if isinstance(m, Embeddings):
+            m.word.weight[cfg.vocab_size :].zero_()
+
+
+# ---------------------------------------------------------------------------------------------
+# Heads and the two task models
+
+
+class MLMHead(nn.Module):
+    """dense + GELU + LayerNorm, then the decoder tied to the word embeddings, with its own bias."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.padded_vocab_size))
+        # -inf on the padding columns, folded into the decoder bias: free, and they are never predicted.
+        pad = torch.zeros(cfg.padded_vocab_size)
+        pad[cfg.vocab_size :] = float("-inf")
+        self.register_buffer("vocab_pad", pad, persistent=False)
+
+    def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
+        x = self.norm(F.gelu(self.dense(hidden)))
+        return F.linear(x, word_embeddings, self.bias + self.vocab_pad.to(self.bias.dtype))
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with the MLM head (logits only at the masked positions) and, if `nsp`, the NSP head."""
+
+    def __init__(self, cfg: ModelConfig, nsp: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.bert = BertModel(cfg, pooler=nsp)
+        self.mlm = MLMHead(cfg)
+        self.nsp = nn.Linear(cfg.hidden_size, 2) if nsp else None
+        init_weights(self, cfg)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor,
+        attention_mask: Tensor,
+        mlm_positions: Tensor,
+        mlm_labels: Tensor | None = None,
+        nsp_labels: Tensor | None = None,
+        gates: Sequence[bool] | None = None,
+        keep_probs: Sequence[float] | None = None,
+    ) -> PretrainOutput:
+        """`mlm_positions` (B, P) indexes the positions to predict; `mlm_labels` (B, P), -100 = unused slot.
+
+        `gates`/`keep_probs` (one per block) only in training with PLD; None runs every block unscaled.
+        """
+        hidden = self.bert(input_ids, token_type_ids, attention_mask, gates, keep_probs)  # (B, T, H)
+        # gather, not boolean indexing: the shape is fixed, so there is no device sync.
+        idx = mlm_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, P, H)
+        mlm_logits = self.mlm(torch.gather(hidden, 1, idx), self.bert.embeddings.word.weight)  # (B, P, V)
+        nsp_logits = self.nsp(self.bert.pool(hidden)) if self.nsp is not None else None  # (B, 2)
+
+        mlm_loss = nsp_loss = loss = None
+        if mlm_labels is not None:
+            mlm_loss = F.cross_entropy(
+                mlm_logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100
+            )
+            loss = mlm_loss
+        if nsp_labels is not None:
+            if nsp_logits is None:
+                raise BertpldError("nsp_labels given to a model built without NSP (objective 'mlm')")
+            nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels)
+            loss = nsp_loss if loss is None else loss + nsp_loss
+        return PretrainOutput(loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits)
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """The `bert.*` weights (embeddings, encoder, pooler if any): what fine-tuning starts from."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith("bert.")}
+
+
+class BertForSequenceClassification(nn.Module):
+    """Pooler + dropout + linear on [CLS]; `num_labels == 1` is regression (MSE loss). Full depth."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int, classifier_dropout: float = 0.1) -> None:
+        super().__init__()
+        if num_labels < 1:
+            raise BertpldError(f"num_labels: got {num_labels}, expected a positive integer")
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.bert = BertModel(cfg, pooler=True)
+        self.dropout = nn.Dropout(classifier_dropout)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        init_weights(self, cfg)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor | None = None,
+    ) -> tuple[Tensor | None, Tensor]:
+        hidden = self.bert(input_ids, token_type_ids, attention_mask)
+        logits = self.classifier(self.dropout(self.bert.pool(hidden)))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+        return loss, logits
+
+    def load_pretrained_encoder(self, state_dict: Mapping[str, Tensor]) -> tuple[list[str], list[str]]:
+        """Load the `bert.*` weights of a pre-training state_dict (other keys are ignored).
+
+        Returns (missing, unexpected) `bert.*` keys. A model pre-trained without NSP has no
+        pooler, so `bert.pooler.*` comes back as missing and keeps its fresh initialisation.
+        Raises BertpldError when encoder weights are missing or shapes differ (wrong config).
+        """
+        enc = {k.removeprefix("bert."): v for k, v in state_dict.items() if k.startswith("bert.")}
+        try:
+            res = self.bert.load_state_dict(enc, strict=False)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise BertpldError(f"pre-trained weights do not fit this model config: {first}") from None
+        missing = [f"bert.{k}" for k in res.missing_keys]
+        unexpected = [f"bert.{k}" for k in res.unexpected_keys]
+        if [k for k in missing if not k.startswith("bert.pooler.")] or unexpected:
+            raise BertpldError(
+                f"pre-trained weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        return missing, unexpected

@@ -1,0 +1,211 @@
+"""The model: Hugging Face parity, the PLD encoder loop, heads and initialisation (tiny, CPU, fp32)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertpld import hf
+from bertpld.config import ModelConfig
+from bertpld.errors import BertpldError
+from bertpld.model import BertForPreTraining, BertForSequenceClassification
+
+V = 101  # not a multiple of 8: the padded rows exist
+
+
+def tiny(norm: str = "pre", layers: int = 4, dropout: float = 0.1) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_layers=layers,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        norm=norm,
+        hidden_dropout=dropout,
+        attention_dropout=dropout,
+    )
+
+
+def batch(B: int = 3, T: int = 16, P: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, V, (B, T), generator=g)
+    am = torch.ones_like(ids)
+    am[1, T - 5 :] = 0  # right padding, as the data reader produces
+    ids[1, T - 5 :] = 0
+    tt = torch.zeros_like(ids)
+    tt[:, T // 2 :] = 1
+    labels = torch.randint(0, V, (B, P), generator=g)
+    labels[0, -1] = -100  # an unused slot
+    return dict(
+        input_ids=ids,
+        token_type_ids=tt,
+        attention_mask=am,
+        mlm_positions=torch.randint(0, T - 5, (B, P), generator=g),
+        mlm_labels=labels,
+        nsp_labels=torch.randint(0, 2, (B,), generator=g),
+    )
+
+
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """Random LayerNorm weights and biases too, so that a swapped name cannot pass by symmetry."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("nsp", [True, False])
+def test_post_matches_transformers_bert(nsp: bool) -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = tiny("post")
+    ours = perturbed(BertForPreTraining(cfg, nsp=nsp)).eval()
+    hcfg = hf.hf_config(cfg, nsp)
+    hcfg.pop("model_type")
+    cls = getattr(transformers, hf.hf_architecture(cfg, nsp))
+    theirs = cls(transformers.BertConfig(**hcfg)).eval()
+    res = theirs.load_state_dict(hf.to_hf(ours.state_dict(), cfg, nsp), strict=False)
+    assert not res.unexpected_keys
+    assert set(res.missing_keys) == {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}  # tied
+    b = batch()
+    if not nsp:
+        del b["nsp_labels"]
+    with torch.no_grad():
+        out = ours(**b)
+        ref = theirs(
+            input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"]
+        )
+    logits = ref.prediction_logits if nsp else ref.logits  # (B, T, V) at every position
+    idx = b["mlm_positions"].unsqueeze(-1).expand(-1, -1, V)
+    torch.testing.assert_close(out.mlm_logits[..., :V], torch.gather(logits, 1, idx), atol=1e-5, rtol=0)
+    assert out.mlm_logits.shape[-1] == cfg.padded_vocab_size == 104
+    if nsp:
+        torch.testing.assert_close(out.nsp_logits, ref.seq_relationship_logits, atol=1e-5, rtol=0)
+    # and back: the same table loads HF weights into ours
+    fresh = BertForPreTraining(cfg, nsp=nsp).eval()
+    fresh.load_state_dict(hf.from_hf(theirs.state_dict(), cfg, nsp), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**b).mlm_logits[..., :V], out.mlm_logits[..., :V], atol=1e-6, rtol=0)
+
+
+def test_padded_vocab_never_predicted() -> None:
+    m = BertForPreTraining(tiny(), nsp=True)
+    out = m(**batch())
+    assert torch.isneginf(out.mlm_logits[..., V:]).all() and torch.isfinite(out.mlm_logits[..., :V]).all()
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    emb = m.bert.embeddings.word.weight
+    assert emb.grad[V:].abs().sum() == 0 and m.mlm.bias.grad[V:].abs().sum() == 0
+    # reference loss computed on the unpadded logits
+    b = batch()
+    logits = out.mlm_logits[..., :V].detach()
+    ref = F.cross_entropy(logits.flatten(0, 1), b["mlm_labels"].flatten(), ignore_index=-100)
+    ref = ref + F.cross_entropy(out.nsp_logits.detach(), b["nsp_labels"])
+    assert torch.allclose(out.loss.detach(), ref, atol=1e-6)
+
+
+def test_init_weights() -> None:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny("pre"), hidden_size=256, intermediate_size=512, num_heads=4)
+    m = BertForPreTraining(cfg, nsp=True)
+    up = m.bert.encoder.blocks[0].ffn.up
+    assert abs(up.weight.std().item() - 0.02) < 0.001 and up.bias.abs().sum() == 0
+    assert torch.all(m.bert.encoder.final_norm.weight == 1) and torch.all(m.mlm.norm.bias == 0)
+    assert torch.all(m.mlm.bias == 0) and torch.all(m.bert.embeddings.word.weight[V:] == 0)
+
+
+def count_block_calls(model: torch.nn.Module) -> list[int]:
+    calls = [0] * len(model.bert.encoder.blocks)
+    for i, block in enumerate(model.bert.encoder.blocks):
+        block.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    return calls
+
+
+def test_theta_one_is_bit_identical_to_no_pld() -> None:
+    torch.manual_seed(0)
+    m = BertForPreTraining(tiny("pre"), nsp=True).train()  # dropout on: the RNG use must match too
+    b = batch()
+    results = []
+    for gates, probs in ((None, None), ([True] * 4, [1.0] * 4)):
+        m.zero_grad()
+        torch.manual_seed(123)
+        out = m(**b, gates=gates, keep_probs=probs)
+        out.loss.backward()
+        results.append((out.mlm_logits.detach().clone(), [p.grad.clone() for p in m.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_dropped_blocks_not_executed_and_get_no_gradient() -> None:
+    m = BertForPreTraining(tiny("pre"), nsp=True).train()
+    calls = count_block_calls(m)
+    gates = [True, False, True, False]
+    m(**batch(), gates=gates, keep_probs=[0.9, 0.8, 0.7, 0.6]).loss.backward()
+    assert calls == [1, 0, 1, 0]
+    for i, block in enumerate(m.bert.encoder.blocks):
+        grads = [p.grad for p in block.parameters()]
+        if gates[i]:
+            assert all(g is not None and g.abs().sum() > 0 for g in grads)
+        else:
+            assert all(g is None for g in grads)
+    assert m.bert.encoder.final_norm.weight.grad is not None  # never dropped
+
+
+def test_kept_block_scales_both_increments() -> None:
+    """h = x + Attn(LN1(x))/p, out = h + FFN(LN2(h))/p, written out independently."""
+    m = perturbed(BertForPreTraining(tiny("pre", layers=1, dropout=0.0), nsp=False)).train()
+    b = batch()
+    enc = m.bert.encoder
+    x = m.bert.embeddings(b["input_ids"], b["token_type_ids"])
+    mask = b["attention_mask"].bool()[:, None, None, :]
+    blk = enc.blocks[0]
+    p = 0.4
+    h = x + blk.attn(blk.attn_norm(x), mask) / p
+    ref = enc.final_norm(h + blk.ffn(blk.ffn_norm(h)) / p)
+    got = enc(x, mask, gates=[True], keep_probs=[p])
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(enc(x, mask, gates=[False], keep_probs=[p]), enc.final_norm(x))
+
+
+def test_eval_is_deterministic_full_depth_and_ignores_gates() -> None:
+    m = BertForPreTraining(tiny("pre"), nsp=True).eval()
+    calls = count_block_calls(m)
+    b = batch()
+    with torch.no_grad():
+        a = m(**b).mlm_logits
+        c = m(**b, gates=[False] * 4, keep_probs=[0.5] * 4).mlm_logits
+    assert calls == [2, 2, 2, 2]
+    assert torch.equal(a, c)
+
+
+def test_post_refuses_gates() -> None:
+    m = BertForPreTraining(tiny("post"), nsp=False).train()
+    with pytest.raises(BertpldError, match="pre"):
+        m(**{k: v for k, v in batch().items() if k != "nsp_labels"}, gates=[True] * 4, keep_probs=[1.0] * 4)
+    with pytest.raises(BertpldError, match="NSP"):
+        m(**batch())
+
+
+def test_classifier_loads_encoder() -> None:
+    cfg = tiny("pre")
+    pre = perturbed(BertForPreTraining(cfg, nsp=False)).eval()
+    clf = BertForSequenceClassification(cfg, num_labels=3).eval()
+    missing, unexpected = clf.load_pretrained_encoder(pre.state_dict())
+    assert missing == ["bert.pooler.weight", "bert.pooler.bias"] and unexpected == []
+    b = batch()
+    args = (b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    with torch.no_grad():
+        assert torch.equal(pre.bert(*args), clf.bert(*args))
+    loss, logits = clf(*args, labels=torch.tensor([0, 2, 1]))
+    assert logits.shape == (3, 3) and torch.allclose(loss, F.cross_entropy(logits, torch.tensor([0, 2, 1])))
+    reg = BertForSequenceClassification(cfg, num_labels=1)
+    reg.load_pretrained_encoder(BertForPreTraining(cfg, nsp=True).state_dict())
+    y = torch.tensor([0.5, 1.0, 4.0])
+    loss, logits = reg(*args, labels=y)
+    assert torch.allclose(loss, ((logits.squeeze(-1) - y) ** 2).mean())
+    with pytest.raises(BertpldError, match="do not"):
+        clf.load_pretrained_encoder(BertForPreTraining(tiny("post"), nsp=True).state_dict())
