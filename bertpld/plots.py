@@ -101,7 +101,7 @@ def pld_figure(curves: Sequence[Curve]) -> bytes:
     ax_th.set_title("theta(t): keep probability of the top block")
     ax_th.set_ylabel("theta")
     ax_th.set_ylim(0, 1.05)
-    ax_b.set_title("encoder blocks executed per step")
+    ax_b.set_title("encoder blocks executed per step (mean since last log row)")
     ax_b.set_ylabel("blocks")
     for ax in (ax_th, ax_b):
         ax.set_xlabel("optimizer step")

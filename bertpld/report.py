@@ -4,8 +4,8 @@ Reads only the files of the run directory contract (docs/DESIGN.md "Run director
 env.json, data.json, metrics.jsonl, summary.json and finetune/TASK/results.json. The run kind
 follows from the config: Post-LN = the baseline, Pre-LN without PLD, Pre-LN with PLD.
 
-All numbers are computed once into one JSON-able dict (report.json); report.md and report.html are
-two renderings of the same sections, so they cannot disagree.
+All numbers are computed here once, into one JSON-able dict (report.json); report.md and
+report.html are two renderings of it (bertpld/report_render.py), so they cannot disagree.
 
 Rules worth knowing (also stated in the report):
 - Ratios are run / baseline, from summary.json, or from the last metrics row of an incomplete run.
@@ -19,8 +19,6 @@ Rules worth knowing (also stated in the report):
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import statistics
@@ -32,6 +30,14 @@ from bertpld import __version__
 from bertpld.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from bertpld.config import config_differences
 from bertpld.errors import BertpldError
+from bertpld.report_render import (
+    fmt_loss,
+    fmt_pct,
+    fmt_ratio,
+    render_html,
+    render_markdown,
+    task_key,
+)
 
 KIND_LABELS = {
     "post": "Post-LN baseline",
@@ -42,31 +48,12 @@ KIND_LABELS = {
 
 # GLUE in the paper's column order; other tasks (e.g. rt-polarity) follow in name order.
 TASK_ORDER = ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli", "wnli"]
-TASK_NAMES = {
-    "rte": "RTE",
-    "mrpc": "MRPC",
-    "stsb": "STS-B",
-    "cola": "CoLA",
-    "sst2": "SST-2",
-    "qnli": "QNLI",
-    "qqp": "QQP",
-    "mnli": "MNLI",
-    "wnli": "WNLI",
-}
 METRIC_ORDER = ["f1", "acc", "pearson", "spearman", "mcc", "acc_m", "acc_mm"]
-METRIC_NAMES = {
-    "f1": "F1",
-    "acc": "Acc",
-    "pearson": "P",
-    "spearman": "S",
-    "mcc": "MCC",
-    "acc_m": "m",
-    "acc_mm": "mm",
-}
 GLUE_RULE = (
     "Per metric: median over fine-tuning seeds. Per task: the mean of its metrics, as GLUE scores "
     "multi-metric tasks (MRPC, QQP: (F1+Acc)/2; STS-B: (Pearson+Spearman)/2; MNLI: (m+mm)/2). "
-    "Average: mean of the task scores over the tasks that every fine-tuned run has. "
+    "Average: mean of the task scores over the tasks that every fine-tuned run has (WNLI excluded, "
+    "as in BERT and the paper). "
     "Metrics are shown x100."
 )
 
@@ -102,7 +89,8 @@ PAPER: dict[str, Any] = {
     },
 }
 
-ENV_ORDER = ["device_name", "device", "gpu_count", "world_size", "torch", "python", "platform", "cpu_count"]
+# Left out of the average as BERT, the paper and `bertpld finetune`'s glue.md do (adversarial dev set).
+AVERAGE_EXCLUDES = ("wnli",)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,12 +312,8 @@ def glue_scores(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _task_key(task: str) -> str:
-    return task.lower().replace("-", "").replace("_", "")
-
-
 def _task_sort(task: str) -> tuple[int, str]:
-    k = _task_key(task)
+    k = task_key(task)
     return (TASK_ORDER.index(k) if k in TASK_ORDER else len(TASK_ORDER), k)
 
 
@@ -457,13 +441,16 @@ def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | N
 
     # GLUE average over the tasks every fine-tuned run has, so that averages are comparable
     tuned = [e for e in out_runs if e["glue"]]
-    common = sorted(set.intersection(*(set(e["glue"]) for e in tuned)) if tuned else set(), key=_task_sort)
+    common = sorted(
+        set.intersection(*(set(e["glue"]) for e in tuned)) - set(AVERAGE_EXCLUDES) if tuned else set(),
+        key=_task_sort,
+    )
     for e in out_runs:
         scores = [e["glue"][t]["score"] for t in common if t in e["glue"]]
         ok = bool(common) and len(scores) == len(common) and all(s is not None for s in scores)
         e["glue_average"] = sum(scores) / len(scores) if ok else None
     all_tasks = sorted({t for e in tuned for t in e["glue"]}, key=_task_sort)
-    if set(all_tasks) != set(common):
+    if set(all_tasks) - set(AVERAGE_EXCLUDES) != set(common):
         warnings.append(
             "fine-tuned tasks differ between runs: the GLUE average uses only "
             + (", ".join(common) or "no tasks")
@@ -551,449 +538,6 @@ def _config_table(runs: list[Run], baseline: Run | None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Formatting
-
-
-def fmt_int(v: float | None) -> str:
-    return "–" if v is None else f"{round(v):,}"
-
-
-def fmt_flops(v: float | None) -> str:
-    if v is None:
-        return "–"
-    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g} {unit}"
-    return f"{v:.3g} FLOP"
-
-
-def fmt_time(v: float | None) -> str:
-    if v is None:
-        return "–"
-    if v < 120:
-        return f"{v:.1f} s"
-    if v < 7200:
-        return f"{v / 60:.1f} min"
-    return f"{v / 3600:.2f} h"
-
-
-def fmt_ratio(v: float | None) -> str:
-    return "–" if v is None else f"{v:.3f}x"
-
-
-def fmt_loss(v: float | None) -> str:
-    return "–" if v is None else f"{v:.4f}"
-
-
-def fmt_pct(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
-
-
-def _with_ratio(text: str, ratio: float | None) -> str:
-    return text if ratio is None else f"{text} ({ratio:.3f}x)"
-
-
-def _val(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, tuple, dict)):
-        return json.dumps(v)
-    return str(v)
-
-
-def _task_header(task: str, metrics: list[str]) -> str:
-    name = TASK_NAMES.get(_task_key(task), task)
-    if len(metrics) > 1 or (metrics and metrics[0] != "acc"):
-        return f"{name} {'/'.join(METRIC_NAMES.get(m, m) for m in metrics)}"
-    return name
-
-
-# ----------------------------------------------------------------------------------------------
-# Sections: a neutral document (title, blocks) rendered to Markdown and HTML
-
-
-def sections(rep: dict[str, Any], images: dict[str, str]) -> list[tuple[str, list[tuple]]]:
-    """The report as (title, blocks); a block is ('p', text), ('warn', text), ('table', headers, rows)
-    or ('img', file name, caption)."""
-    runs = rep["runs"]
-    base = rep["baseline"]
-    out: list[tuple[str, list[tuple]]] = []
-
-    # --- overview and warnings
-    blocks: list[tuple] = []
-    names = ", ".join(f"{e['name']} ({e['label']}{'' if e['complete'] else ', incomplete'})" for e in runs)
-    blocks.append(("p", f"Runs: {names}."))
-    if base:
-        blocks.append(
-            (
-                "p",
-                f"Baseline: {base}. Ratios are run / baseline. Target for time-to-target: the baseline's "
-                f"final validation loss, {fmt_loss(rep['target_val_loss'])}.",
-            )
-        )
-    for w in rep["warnings"]:
-        blocks.append(("warn", w))
-    out.append(("Overview", blocks))
-
-    # --- headline against the paper
-    if rep["headline"]:
-        out.append(("Headline: ours beside the paper's", _headline_blocks(rep)))
-
-    # --- cost
-    rows = []
-    for e in runs:
-        r = e["ratios"]
-        rows.append(
-            [
-                e["name"] + (" (baseline)" if e["is_baseline"] else ""),
-                e["label"],
-                "complete" if e["complete"] else "INCOMPLETE",
-                fmt_int(e["steps"]),
-                _with_ratio(fmt_int(e["samples"]), r["samples"]),
-                _with_ratio(fmt_int(e["tokens"]), r["tokens"]),
-                _with_ratio(fmt_flops(e["flops"]), r["flops"]),
-                _with_ratio(fmt_time(e["wall_s"]), r["wall_s"]),
-                fmt_int(e["tokens_per_s_median"]),
-            ]
-        )
-    headers = [
-        "run",
-        "kind",
-        "status",
-        "steps",
-        "samples",
-        "tokens",
-        "FLOPs",
-        "wall-clock",
-        "tokens/s (median)",
-    ]
-    if any(e["mfu_median"] is not None for e in runs):
-        headers.append("MFU (median)")
-        for row, e in zip(rows, runs):
-            row.append("–" if e["mfu_median"] is None else f"{100 * e['mfu_median']:.1f}%")
-    out.append(
-        (
-            "Cost of pre-training",
-            [
-                ("table", headers, rows),
-                (
-                    "p",
-                    "FLOPs are the analytic count of what was executed (bertpld.flops: blocks actually run, "
-                    "attention included, forward + 2x backward), not hardware counters; a skipped block costs "
-                    "nothing. Wall-clock is training time as the loop measured it (evaluation excluded). "
-                    "In brackets: ratio to the baseline.",
-                ),
-            ],
-        )
-    )
-
-    # --- quality
-    rows = []
-    for e in runs:
-        ttt = e["time_to_target"]
-        if ttt is None:
-            reach = ["–"] * 4
-        elif not ttt["reached"]:
-            reach = ["not reached"] * 2 + ["–"] * 2
-        else:
-            mark = " (at first eval)" if ttt["at_first_eval"] else ""
-            reach = [
-                fmt_flops(ttt["flops"]) + mark,
-                fmt_time(ttt["wall_s"]) + mark,
-                fmt_ratio(ttt["speedup_flops"]),
-                fmt_ratio(ttt["speedup_wall_s"]),
-            ]
-        rows.append(
-            [
-                e["name"],
-                fmt_loss(e["final_train_loss"]),
-                fmt_loss(e["final_val_loss"]),
-                str(e["evaluations"]),
-                *reach,
-            ]
-        )
-    text = (
-        "Time-to-target: the FLOPs and wall-clock at which a run's validation loss first reached the "
-        "baseline's final validation loss, linearly interpolated between the two evaluations around the "
-        "crossing. Speed-up = baseline's total / the run's value at the target."
-        if base
-        else "No baseline, so no target: time-to-target is left out."
-    )
-    out.append(
-        (
-            "Loss and time-to-target",
-            [
-                (
-                    "table",
-                    [
-                        "run",
-                        "final train loss",
-                        "final val loss",
-                        "evals",
-                        "FLOPs to target",
-                        "wall-clock to target",
-                        "speed-up (FLOPs)",
-                        "speed-up (wall)",
-                    ],
-                    rows,
-                ),
-                ("p", text),
-            ],
-        )
-    )
-
-    # --- GLUE
-    out.append(("Fine-tuning (GLUE and others)", _glue_blocks(rep)))
-
-    # --- plots
-    out.append(("Plots", [("img", name, cap) for name, cap in images.items()]))
-
-    # --- environment and config
-    env_keys = sorted(
-        {k for e in runs for k in e["env"]}, key=lambda k: (ENV_ORDER.index(k) if k in ENV_ORDER else 99, k)
-    )
-    env_rows = [[k, *(_val(e["env"].get(k, "–")) for e in runs)] for k in env_keys]
-    data_rows = [
-        [k, *(_val((e["data"] or {}).get(k, "–")) for e in runs)]
-        for k in ("path", "fingerprint", "tokenizer_sha256", "vocab_size")
-    ]
-    blocks = []
-    if env_rows:
-        blocks.append(("table", ["", *(e["name"] for e in runs)], env_rows))
-    else:
-        blocks.append(("p", "No env.json in any run."))
-    blocks.append(("p", "Data used (data.json):"))
-    blocks.append(("table", ["", *(e["name"] for e in runs)], data_rows))
-    out.append(("Hardware, software and data", blocks))
-
-    cd = rep["config_differences"]
-    if cd["reference"] is None:
-        blocks = [("p", "No config.json to compare.")]
-    elif not cd["fields"]:
-        blocks = [("p", f"All configs equal {cd['reference']}'s.")]
-    else:
-        others = [e["name"] for e in runs if e["name"] in next(iter(cd["fields"].values()))]
-        blocks = [
-            (
-                "table",
-                ["field", *others],
-                [[k, *(_val(v.get(n)) for n in others)] for k, v in cd["fields"].items()],
-            ),
-            ("p", f"Only the fields that differ from {cd['reference']}'s resolved config.json."),
-        ]
-    out.append(("Config differences", blocks))
-    return out
-
-
-def _headline_blocks(rep: dict[str, Any]) -> list[tuple]:
-    paper = rep["paper"]
-    pg = paper["glue_average_by_our_rule"]
-    cols = rep["headline"]
-    headers = ["", "paper: PLD / BERT-base", *cols]
-
-    def speed(c: dict[str, Any]) -> str:
-        if c["reached"] is False:
-            return "target not reached"
-        if c["speedup_flops"] is None:
-            return "–"
-        return f"{fmt_ratio(c['speedup_flops'])} FLOPs, {fmt_ratio(c['speedup_wall_s'])} wall"
-
-    def glue(c: dict[str, Any]) -> str:
-        a, b = c["glue"]
-        if a is None or b is None:
-            return "–"
-        return f"{a:.1f} vs {b:.1f} ({a - b:+.1f})"
-
-    pb, pp = pg["BERT-base (their baseline)"], pg["PLD"]
-    rows = [
-        ["samples (ratio)", "1.000x (equal samples)", *(fmt_ratio(c["samples"]) for c in cols.values())],
-        [
-            "FLOPs (ratio)",
-            f"{paper['flops_ratio']:.3f}x (25% fewer)",
-            *(fmt_ratio(c["flops"]) for c in cols.values()),
-        ],
-        [
-            "wall-clock (ratio)",
-            f"{paper['wall_ratio']:.3f}x (38.45 h -> 29.22 h, 64x V100)",
-            *(fmt_ratio(c["wall_s"]) for c in cols.values()),
-        ],
-        [
-            "speed-up to target",
-            f"{paper['speedup_to_similar_accuracy']}x to similar GLUE accuracy",
-            *(speed(c) for c in cols.values()),
-        ],
-        ["fine-tune average", f"{pp:.1f} vs {pb:.1f} ({pp - pb:+.1f})", *(glue(c) for c in cols.values())],
-    ]
-    return [
-        ("table", headers, rows),
-        (
-            "p",
-            f"The paper's column is the paper's ({paper['setup']}), not ours; its GLUE averages are computed "
-            "here from its table by the rule below. Our speed-up is to the baseline's final validation loss, "
-            "the paper's to similar downstream accuracy; the paper's PLD also used a 10x higher learning rate "
-            "than its Post-LN baseline. The last column, where present, isolates what dropping layers buys "
-            "over the Pre-LN arrangement alone (the three-way comparison of METHOD.md section 6).",
-        ),
-    ]
-
-
-def _glue_blocks(rep: dict[str, Any]) -> list[tuple]:
-    runs = rep["runs"]
-    tasks = rep["glue"]["tasks"]
-    blocks: list[tuple] = []
-    if not tasks:
-        blocks.append(("p", "No fine-tuning results (finetune/TASK/results.json) in any run."))
-    else:
-        metric_lists = {}
-        for t in tasks:
-            ms: list[str] = []
-            for e in runs:
-                for m in e["glue"].get(t, {}).get("metrics", {}):
-                    if m not in ms:
-                        ms.append(m)
-            metric_lists[t] = ms
-        headers = ["run", *(_task_header(t, metric_lists[t]) for t in tasks), "average"]
-        rows = []
-        for e in runs:
-            row = [e["name"]]
-            for t in tasks:
-                g = e["glue"].get(t)
-                row.append(
-                    "–" if g is None else "/".join(fmt_pct(g["metrics"].get(m)) for m in metric_lists[t])
-                )
-            row.append(fmt_pct(e["glue_average"]))
-            rows.append(row)
-        blocks.append(("table", headers, rows))
-        blocks.append(
-            ("p", GLUE_RULE + " Averaged over: " + (", ".join(rep["glue"]["average_over"]) or "none") + ".")
-        )
-        rows = []
-        for e in runs:
-            for t, g in e["glue"].items():
-                spread = (
-                    "–"
-                    if g["main_min"] is None
-                    else f"{fmt_pct(g['main_min'])} – {fmt_pct(g['main_max'])} ({g['main_metric']})"
-                )
-                rows.append(
-                    [
-                        e["name"],
-                        t,
-                        str(g["seeds"]),
-                        fmt_pct(g["score"]),
-                        spread,
-                        fmt_time(g["wall_s"]),
-                        fmt_flops(g["flops"]),
-                    ]
-                )
-        blocks.append(
-            (
-                "table",
-                ["run", "task", "seeds", "task score", "min – max over seeds", "wall-clock", "FLOPs"],
-                rows,
-            )
-        )
-    # the paper's table, clearly apart from ours
-    paper = rep["paper"]
-    ptasks = list(next(iter(paper["glue"].values())))
-    headers = ["paper's runs", *(_task_header(t, list(paper["glue"]["PLD"][t])) for t in ptasks), "average"]
-    rows = [
-        [
-            row,
-            *("/".join(fmt_pct(v) for v in tasks[t].values()) for t in ptasks),
-            fmt_pct(paper["glue_average_by_our_rule"][row]),
-        ]
-        for row, tasks in paper["glue"].items()
-    ]
-    blocks.append(
-        ("p", f"For reference, the paper's GLUE dev results (median of 5 seeds; {paper['setup']}):")
-    )
-    blocks.append(("table", headers, rows))
-    return blocks
-
-
-def render_markdown(rep: dict[str, Any], images: dict[str, str]) -> str:
-    """report.md: plots are linked as the PNG files written beside it."""
-
-    def cell(s: str) -> str:
-        return str(s).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["# bertpld report", "", f"Generated by {rep['generated_by']}.", ""]
-    for title, blocks in sections(rep, images):
-        lines += [f"## {title}", ""]
-        for b in blocks:
-            if b[0] == "p":
-                lines += [b[1], ""]
-            elif b[0] == "warn":
-                lines += [f"> **Warning:** {b[1]}", ""]
-            elif b[0] == "table":
-                _, headers, rows = b
-                lines.append("| " + " | ".join(cell(h) for h in headers) + " |")
-                lines.append("|" + "---|" * len(headers))
-                lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-                lines.append("")
-            elif b[0] == "img":
-                lines += [f"![{b[2]}]({b[1]})", ""]
-    return "\n".join(lines)
-
-
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: #1f2328;
-       max-width: 1200px; margin: 2em auto; padding: 0 1.5em; line-height: 1.45; }
-h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }
-h2 { margin-top: 2em; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 14px; display: block; overflow-x: auto; }
-th, td { border: 1px solid #d0d7de; padding: 5px 10px; text-align: right; white-space: nowrap; }
-th { background: #f6f8fa; }
-th:first-child, td:first-child { text-align: left; font-weight: 600; }
-tr:nth-child(even) td { background: #fbfcfd; }
-p { max-width: 60em; }
-.warn { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: .6em 1em; margin: .5em 0; }
-figure { margin: 1.5em 0; }
-figure img { max-width: 100%; border: 1px solid #d0d7de; border-radius: 4px; }
-figcaption { color: #57606a; font-size: 14px; }
-.meta { color: #57606a; }
-"""
-
-
-def render_html(rep: dict[str, Any], images: dict[str, str], pngs: dict[str, bytes]) -> str:
-    """report.html: self-contained, the PNGs embedded as base64."""
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>bertpld report</title><style>{CSS}</style></head><body>",
-        "<h1>bertpld report</h1>",
-        f'<p class="meta">Generated by {e(rep["generated_by"])}.</p>',
-    ]
-    for title, blocks in sections(rep, images):
-        parts.append(f"<h2>{e(title)}</h2>")
-        for b in blocks:
-            if b[0] == "p":
-                parts.append(f"<p>{e(b[1])}</p>")
-            elif b[0] == "warn":
-                parts.append(f'<div class="warn"><strong>Warning:</strong> {e(b[1])}</div>')
-            elif b[0] == "table":
-                _, headers, rows = b
-                parts.append(
-                    "<table><thead><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in headers) + "</tr></thead>"
-                )
-                parts.append("<tbody>")
-                for row in rows:
-                    parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>")
-                parts.append("</tbody></table>")
-            elif b[0] == "img":
-                data = base64.b64encode(pngs[b[1]]).decode("ascii")
-                parts.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{e(b[2])}">'
-                    f"<figcaption>{e(b[2])}</figcaption></figure>"
-                )
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-# ----------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -1074,6 +618,10 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _x2(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}x"
+
+
 def print_summary(result: ReportResult, console: Any = None) -> None:
     """A short table on the terminal, then the warnings and where the report is."""
     from rich.console import Console
@@ -1082,20 +630,12 @@ def print_summary(result: ReportResult, console: Any = None) -> None:
 
     console = console or Console()
     rep = result.report
-    t = Table(
-        title="bertpld report" + (f" (baseline: {rep['baseline']})" if rep["baseline"] else " (no baseline)")
-    )
-    for h in (
-        "run",
-        "kind",
-        "status",
-        "FLOPs x",
-        "wall x",
-        "final val",
-        "to target (FLOPs, wall)",
-        "fine-tune avg",
-    ):
-        t.add_column(h)
+    base = f"baseline: {rep['baseline']}" if rep["baseline"] else "no baseline"
+    t = Table(title=f"bertpld report ({escape(base)}; ratios are run / baseline)")
+    t.add_column("run", no_wrap=True)
+    t.add_column("kind", no_wrap=True)
+    for h in ("FLOPs", "wall", "val loss", "to target", "fine-tune"):
+        t.add_column(h, justify="right", no_wrap=True)
     for e in rep["runs"]:
         ttt = e["time_to_target"]
         if ttt is None:
@@ -1103,11 +643,11 @@ def print_summary(result: ReportResult, console: Any = None) -> None:
         elif not ttt["reached"]:
             reach = "not reached"
         else:
-            reach = f"{fmt_ratio(ttt['speedup_flops'])}, {fmt_ratio(ttt['speedup_wall_s'])}"
+            reach = f"{_x2(ttt['speedup_flops'])}/{_x2(ttt['speedup_wall_s'])}"
+        name = escape(e["name"]) + ("" if e["complete"] else "[yellow]*[/]")
         t.add_row(
-            e["name"],
-            e["label"],
-            "complete" if e["complete"] else "[yellow]incomplete[/]",
+            name,
+            {"post": "Post-LN", "pre": "Pre-LN", "pld": "PLD"}.get(e["kind"], e["kind"]),
             fmt_ratio(e["ratios"]["flops"]),
             fmt_ratio(e["ratios"]["wall_s"]),
             fmt_loss(e["final_val_loss"]),
@@ -1115,6 +655,12 @@ def print_summary(result: ReportResult, console: Any = None) -> None:
             fmt_pct(e["glue_average"]),
         )
     console.print(t)
+    console.print(
+        "to target: speed-up to the baseline's final val loss in FLOPs/wall-clock; "
+        "fine-tune: average task score"
+        + ("; * incomplete run" if not all(e["complete"] for e in rep["runs"]) else ""),
+        highlight=False,
+    )
     for w in rep["warnings"]:
         console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
-    console.print(f"report: {result.out / 'report.html'}  (also report.md, report.json)")
+    console.print(f"report: {result.out / 'report.html'}  (also report.md, report.json)", highlight=False)

@@ -358,3 +358,15 @@ def test_help_is_plain() -> None:
     r = CliRunner().invoke(app, ["report", "--help"])
     assert r.exit_code == 0
     assert re.search(r"--baseline", r.output) and "Post-LN" in r.output
+
+
+def test_wnli_is_left_out_of_the_average(tmp_path: Path, three_runs: dict[str, Path]) -> None:
+    for name in ("post", "pld"):
+        d = three_runs[name] / "finetune" / "wnli"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(_seed_results("wnli", ["acc"], [{"acc": 0.1}])))
+    rep = write_report(list(three_runs.values()), tmp_path / "rep").report
+    assert rep["glue"]["tasks"] == ["rte", "mrpc", "wnli"]
+    assert rep["glue"]["average_over"] == ["rte", "mrpc"]
+    assert _by_name(rep)["post"]["glue_average"] == pytest.approx((65.0 + 78.5) / 2)
+    assert not any("tasks differ" in w for w in rep["warnings"])
