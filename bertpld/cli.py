@@ -238,7 +238,8 @@ def pretrain(
 @app.command("report")
 def report_cmd(
     runs: Annotated[
-        list[Path], typer.Argument(help="Run directories written by `bertpld pretrain` (any number).")
+        list[Path],
+        typer.Argument(metavar="RUN", help="Run directories written by `bertpld pretrain` (any number)."),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for report.md, report.html, report.json and plots.")
@@ -253,11 +254,14 @@ def report_cmd(
     Reads each run's config.json, env.json, data.json, metrics.jsonl, summary.json and
     finetune/TASK/results.json. Incomplete runs, runs on different data and a missing baseline are
     reported as warnings, with a partial report where that still makes sense.
+
+    \b
+    Example:
+      bertpld report runs/postln runs/preln runs/pld --out runs/report
     """
     from bertpld.report import print_summary, write_report
 
     print_summary(write_report(runs, out, baseline))
-
 
 
 # ---------------------------------------------------------------------------------------------
