@@ -268,6 +268,33 @@ def report_cmd(
 # bertpld export
 
 
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `bertpld pretrain`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (replaced if it exists).")],
+    checkpoint: Annotated[
+        int | None, typer.Option(help="Checkpoint step to export (default: the latest).")
+    ] = None,
+) -> None:
+    """Export a checkpoint as a Hugging Face transformers model directory (loads offline).
+
+    Writes config.json, model.safetensors, tokenizer.json and tokenizer_config.json. A Post-LN run
+    becomes BertForMaskedLM (BertForPreTraining when NSP was trained); a Pre-LN / PLD run becomes
+    RobertaPreLayerNormForMaskedLM, which computes the same function (position ids mapped exactly).
+
+    \b
+    Load it with:
+      from transformers import AutoModelForMaskedLM, AutoTokenizer
+      tok = AutoTokenizer.from_pretrained("DIR"); model = AutoModelForMaskedLM.from_pretrained("DIR")
+    """
+    from bertpld.export import export_run
+
+    info = export_run(run, out, checkpoint)
+    typer.echo(f"exported {info['checkpoint']} of {run} as {info['architecture']} to {out}")
+    if info["not_exported"]:
+        typer.echo(f"not exported ({info['note']}): {', '.join(info['not_exported'])}")
+
+
 def main() -> None:
     try:
         app()
