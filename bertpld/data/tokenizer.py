@@ -68,10 +68,10 @@ def _bert_tokenizer(model: WordPiece) -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer.json and check it has BERT's special tokens with [PAD] = 0."""
     path = Path(path)
+    if not path.is_file():
+        raise BertpldError(f"prepare.tokenizer: no such file: {path}")
     try:
         tok = Tokenizer.from_file(str(path))
-    except FileNotFoundError:
-        raise BertpldError(f"prepare.tokenizer: no such file: {path}") from None
     except Exception as e:  # tokenizers raises plain Exception for malformed files
         raise BertpldError(f"prepare.tokenizer: {path} is not a tokenizers tokenizer.json ({e})") from None
     missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
