@@ -6,7 +6,8 @@ original BERT's `create_instances_from_document`, vectorised:
 
 - every sentence i is a potential chunk start with its own target length (shorter with
   probability short_seq_prob for NSP); its chunk is the longest run of whole sentences of the
-  same document that fits, and for NSP its A/B split point and is-random coin are drawn too;
+  same document that fits, and for NSP its A/B split point and is-random coin are drawn too
+  (a one-sentence chunk takes the next sentence as B, so that labels stay 50/50);
 - the chunks actually used are found by following "next chunk start" pointers from the first
   sentence (a random-next chunk puts its unused B sentences back, as in BERT);
 - random B segments start at a uniformly drawn sentence of another document in the same shard;
@@ -88,10 +89,16 @@ def build_nsp(
     short = rng.random(S) < short_seq_prob
     target = np.where(short, rng.integers(2, max_tokens + 1, S), max_tokens)
     end = _fit_end(t, first, target)
+    coin = rng.random(S) < 0.5
+    # BERT makes every one-sentence chunk a random pair, which skews the labels towards "random"
+    # when sentences are long relative to max_seq_len; here such a chunk takes its document's next
+    # sentence as B instead (truncated below), so labels stay 50/50.
+    extend = (end - first == 1) & ~coin & (first + 1 < t.doc_end[first])
+    end = np.where(extend, first + 2, end)
     n = end - first
     a_end = first + 1 + (rng.random(S) * np.maximum(n - 1, 1)).astype(np.int64)
     a_end = np.minimum(a_end, end)
-    is_random = (n == 1) | (rng.random(S) < 0.5)
+    is_random = (n == 1) | coin
     s = _follow(np.where(is_random, a_end, end))
     a_end, end, is_random, target = a_end[s], end[s], is_random[s], target[s]
     la = t.cum[a_end] - t.cum[s]
