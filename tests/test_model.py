@@ -209,3 +209,37 @@ def test_classifier_loads_encoder() -> None:
     assert torch.allclose(loss, ((logits.squeeze(-1) - y) ** 2).mean())
     with pytest.raises(BertpldError, match="do not"):
         clf.load_pretrained_encoder(BertForPreTraining(tiny("post"), nsp=True).state_dict())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_and_counts_flops() -> None:
+    """On GPU, SDPA takes a fused kernel: same logits as CPU (fp32), finite bf16 PLD steps, FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bertpld.flops import step_flops
+
+    cfg = tiny("pre", dropout=0.0)
+    cpu = perturbed(BertForPreTraining(cfg, nsp=True)).eval()
+    gpu = BertForPreTraining(cfg, nsp=True).cuda().eval()
+    gpu.load_state_dict(cpu.state_dict())
+    b = batch()
+    bc = {k: v.cuda() for k, v in b.items()}
+    with torch.no_grad():
+        ref, got = cpu(**b), gpu(**bc)
+    torch.testing.assert_close(got.mlm_logits.cpu()[..., :V], ref.mlm_logits[..., :V], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.loss.cpu(), ref.loss, atol=1e-4, rtol=1e-4)
+
+    gpu.train()
+    gates, probs = [True, False, True, False], [0.9, 0.8, 0.7, 0.6]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = gpu(**bc, gates=gates, keep_probs=probs)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(p.grad is None for p in gpu.bert.encoder.blocks[1].parameters())
+    gpu.zero_grad(set_to_none=True)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        gpu(**bc, gates=gates, keep_probs=probs).loss.backward()
+    B, T = b["input_ids"].shape
+    analytic = step_flops(cfg, B, T, 2, b["mlm_positions"].numel(), True)
+    assert abs(analytic - counter.get_total_flops()) / counter.get_total_flops() < 0.02

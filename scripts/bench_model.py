@@ -1,0 +1,202 @@
+"""Does skipping blocks save the time it promises? CPU forward+backward timing against FLOPs.
+
+1. PLD at steady state vs full depth: a 12-layer x 256-hidden Pre-LN BERT (seq 128) runs
+   forward+backward with every block, and with a fixed gate pattern for theta = 0.5 that keeps
+   9 of 12 blocks (E = 8.75; L - floor(expected drops 3.25)). The pattern is systematic sampling of p_l: walking up the
+   stack, a block is dropped each time the running sum of drop probabilities (1 - p_l) crosses an
+   integer (blocks 7, 10 and 12 for L = 12), so it is a typical draw, not a hand-picked one.
+   Reported: time ratio PLD / full against the analytic FLOPs ratio of the same two steps.
+2. Forward+backward time per step for the tiny / mini / small presets.
+
+Timings are medians over repetitions, with the two arms interleaved so that load from other
+processes on a shared machine hits both alike. No optimizer step (it does not depend on depth).
+
+    python scripts/bench_model.py --reps 7 --json bench_model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bertpld import pld
+from bertpld.atomic import atomic_write_json
+from bertpld.config import MODEL_PRESETS, ModelConfig
+from bertpld.flops import step_flops
+from bertpld.model import BertForPreTraining
+
+
+def systematic_gates(theta: float, num_layers: int) -> list[bool]:
+    """Deterministic gates that follow p_l: drop block l when sum_{k<=l} (1 - p_k) crosses an integer."""
+    gates, acc = [], 0.0
+    for p in pld.keep_probs(theta, num_layers):
+        before = acc
+        acc += 1.0 - p
+        gates.append(int(acc + 1e-9) == int(before + 1e-9))
+    return gates
+
+
+def make_batch(cfg: ModelConfig, batch: int, seq: int, preds: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, cfg.vocab_size, (batch, seq), generator=g)
+    return dict(
+        input_ids=ids,
+        token_type_ids=(torch.arange(seq) >= seq // 2).long().expand(batch, -1).clone(),
+        attention_mask=torch.ones_like(ids),
+        mlm_positions=torch.randint(0, seq, (batch, preds), generator=g),
+        mlm_labels=torch.randint(0, cfg.vocab_size, (batch, preds), generator=g),
+        nsp_labels=torch.randint(0, 2, (batch,), generator=g),
+    )
+
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def time_step(
+    model: BertForPreTraining,
+    batch: dict,
+    gates: list[bool] | None,
+    probs: list[float] | None,
+    dtype: str = "fp32",
+) -> float:
+    device = batch["input_ids"].device
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with torch.autocast(
+        device.type, dtype=AUTOCAST[dtype] or torch.float32, enabled=AUTOCAST[dtype] is not None
+    ):
+        loss = model(**batch, gates=gates, keep_probs=probs).loss
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def bench_pld(args: argparse.Namespace) -> dict:
+    cfg = ModelConfig(
+        vocab_size=args.vocab_size,
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_heads=args.hidden // 64,
+        intermediate_size=4 * args.hidden,
+        norm="pre",
+    )
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg, nsp=True).to(args.device).train()
+    batch = {k: v.to(args.device) for k, v in make_batch(cfg, args.batch, args.seq, args.preds).items()}
+    gates = systematic_gates(args.theta, cfg.num_layers)
+    probs = pld.keep_probs(args.theta, cfg.num_layers)
+    kept = sum(gates)
+    for _ in range(args.warmup):
+        time_step(model, batch, None, None, args.dtype)
+        time_step(model, batch, gates, probs, args.dtype)
+    full, part = [], []
+    for _ in range(args.reps):  # interleaved
+        full.append(time_step(model, batch, None, None, args.dtype))
+        part.append(time_step(model, batch, gates, probs, args.dtype))
+    preds = args.batch * args.preds
+    f_full = step_flops(cfg, args.batch, args.seq, cfg.num_layers, preds, True)
+    f_part = step_flops(cfg, args.batch, args.seq, kept, preds, True)
+    t_full, t_part = statistics.median(full), statistics.median(part)
+    return {
+        "layers": cfg.num_layers,
+        "hidden": cfg.hidden_size,
+        "batch": args.batch,
+        "seq": args.seq,
+        "theta": args.theta,
+        "expected_blocks": pld.expected_blocks(args.theta, cfg.num_layers),
+        "gates": gates,
+        "full_s": t_full,
+        "pld_s": t_part,
+        "full_s_all": full,
+        "pld_s_all": part,
+        "time_ratio": t_part / t_full,
+        "flops_ratio": f_part / f_full,
+        "relative_gap": (t_part / t_full) / (f_part / f_full) - 1.0,
+        "full_gflop_per_s": f_full / t_full / 1e9,
+    }
+
+
+def bench_presets(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for name in args.presets.split(","):
+        cfg = ModelConfig(**MODEL_PRESETS[name], vocab_size=args.vocab_size, norm="pre")
+        torch.manual_seed(0)
+        model = BertForPreTraining(cfg, nsp=True).to(args.device).train()
+        batch = {k: v.to(args.device) for k, v in make_batch(cfg, args.batch, args.seq, args.preds).items()}
+        for _ in range(args.warmup):
+            time_step(model, batch, None, None, args.dtype)
+        times = [time_step(model, batch, None, None, args.dtype) for _ in range(args.reps)]
+        flops = step_flops(cfg, args.batch, args.seq, cfg.num_layers, args.batch * args.preds, True)
+        t = statistics.median(times)
+        rows.append(
+            {
+                "preset": name,
+                "step_s": t,
+                "tokens_per_s": args.batch * args.seq / t,
+                "gflop_per_s": flops / t / 1e9,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--preds", type=int, default=20, help="MLM positions per sequence")
+    ap.add_argument("--vocab-size", type=int, default=30522)
+    ap.add_argument("--theta", type=float, default=0.5, help="steady-state theta (theta_bar)")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--presets", default="tiny,mini,small", help="comma-separated presets to time")
+    ap.add_argument("--device", default="cpu", help="cpu (the issue's benchmark) or cuda")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(AUTOCAST), help="autocast precision")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--json", default="", help="also write the results to this JSON file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.device.startswith("cuda"):
+        print(f"device: {torch.cuda.get_device_name(args.device)}")
+    r = bench_pld(args)
+    kept = "".join("1" if g else "0" for g in r["gates"])
+    print(
+        f"{r['layers']}x{r['hidden']} seq {r['seq']} batch {r['batch']}, theta {r['theta']}: gates {kept} "
+        f"({sum(r['gates'])} of {r['layers']}, E = {r['expected_blocks']:.2f}), {args.device} {args.dtype}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(f"  full depth  {r['full_s'] * 1e3:8.1f} ms/step  ({r['full_gflop_per_s']:.1f} GFLOP/s)")
+    print(f"  PLD pattern {r['pld_s'] * 1e3:8.1f} ms/step")
+    print(
+        f"  time ratio {r['time_ratio']:.4f}  FLOPs ratio {r['flops_ratio']:.4f}  gap {100 * r['relative_gap']:+.2f}%"
+    )
+    rows = bench_presets(args) if args.presets else []
+    for row in rows:
+        print(
+            f"  {row['preset']:6s} fwd+bwd {row['step_s'] * 1e3:8.1f} ms/step  "
+            f"{row['tokens_per_s']:9.0f} tokens/s  {row['gflop_per_s']:.1f} GFLOP/s"
+        )
+    if args.json:
+        atomic_write_json(
+            args.json,
+            {
+                "pld": r,
+                "presets": rows,
+                "device": args.device,
+                "dtype": args.dtype,
+                "threads": torch.get_num_threads(),
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
