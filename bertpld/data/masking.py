@@ -8,6 +8,8 @@ validation stream exact by construction, and costs one vectorised hash per batch
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -18,26 +20,35 @@ _MASK64 = (1 << 64) - 1
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """The splitmix64 finaliser on a uint64 array (a bijective, well-mixing hash)."""
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+    # uint64 array arithmetic wraps silently, as the hash wants
+    z = x + _GOLDEN
+    z ^= z >> np.uint64(30)
+    z *= _M1
+    z ^= z >> np.uint64(27)
+    z *= _M2
+    z ^= z >> np.uint64(31)
+    return z
 
 
 def instance_keys(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
     """One uint64 key per instance from (seed, epoch, index)."""
     base = int(splitmix64(np.array([(seed * 0x632BE59BD9B4E019 + epoch) & _MASK64], dtype=np.uint64))[0])
-    with np.errstate(over="ignore"):
-        return splitmix64(indices.astype(np.uint64) * _GOLDEN ^ np.uint64(base))
+    return splitmix64((indices.astype(np.uint64) * _GOLDEN) ^ np.uint64(base))
+
+
+@functools.cache
+def _columns(n: int, stream: int) -> np.ndarray:
+    return splitmix64(np.arange(n, dtype=np.uint64) + np.uint64(stream << 32))[None, :]
+
+
+def random_bits(keys: np.ndarray, n: int, stream: int) -> np.ndarray:
+    """(len(keys), n) uint64: the hash of (key, column, stream)."""
+    return splitmix64(keys[:, None] ^ _columns(n, stream))
 
 
 def uniform(keys: np.ndarray, n: int, stream: int) -> np.ndarray:
     """(len(keys), n) floats in [0, 1): the hash of (key, column, stream)."""
-    col = np.arange(n, dtype=np.uint64) + np.uint64(stream << 32)
-    with np.errstate(over="ignore"):
-        z = splitmix64(keys[:, None] ^ splitmix64(col)[None, :])
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return (random_bits(keys, n, stream) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def mask_tokens(
@@ -76,8 +87,11 @@ def mask_tokens(
     rows = np.arange(B)[:, None]
     labels = np.where(valid, input_ids[rows, positions], -100)
 
-    action = uniform(keys, P, 1)
-    pick = (uniform(keys, P, 2) * len(replacement_ids)).astype(np.int64)
+    # one hash per slot: the high 32 bits pick the action, the low 32 bits the random token
+    bits = random_bits(keys, P, 1)
+    action = (bits >> np.uint64(32)).astype(np.float64) * (1.0 / (1 << 32))
+    pick = ((bits & np.uint64(0xFFFFFFFF)) * np.uint64(len(replacement_ids))) >> np.uint64(32)
+    pick = pick.astype(np.int64)
     new = np.where(action < 0.8, mask_id, np.where(action < 0.9, replacement_ids[pick], labels))
     r, c = np.nonzero(valid)
     input_ids[r, positions[r, c]] = new[r, c]

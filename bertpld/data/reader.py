@@ -270,7 +270,9 @@ class PretrainReader:
         in_a = (j >= 1) & (j <= la)
         b_first = la + 2
         in_b = (j >= b_first) & (j < b_first + lb)
-        src = np.where(in_a, a0 + j - 1, np.where(in_b, b0 + j - b_first, 0))
+        real = in_a | in_b
+        src = np.where(j <= la, a0 - 1, b0 - b_first) + j
+        src[~real] = 0
         if len(self._tokens) == 1:
             ids = self._tokens[0][src].astype(np.int64)
         else:
@@ -278,7 +280,6 @@ class PretrainReader:
             for s in np.unique(shard):
                 rows = shard == s
                 ids[rows] = self._tokens[s][src[rows]]
-        real = in_a | in_b
         ids[~real] = self.pad_id
         ids[:, 0] = self.cls_id
         has_b = lb > 0
