@@ -229,3 +229,16 @@ def test_cli_prepare_and_user_errors(tmp_path, corpus):
     ]:
         r = _cli(*args, "--out", str(tmp_path / "e"))
         assert r.returncode == 2 and r.stderr.startswith(message) and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_literal_special_tokens_in_text_are_plain_text(tmp_path, corpus):
+    p = tmp_path / "specials.jsonl"
+    rows = [{"text": t} for t in TEXTS[:40]]
+    rows.append({"text": "Write [MASK] or [SEP] in a sentence. The [CLS] token is not special here. " * 5})
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = prep.prepare(_cfg(corpus, text_files=[str(p)], val_fraction=0.0), tmp_path / "d", progress=False)
+    sh = open_shard(tmp_path / "d" / m["splits"]["train"]["shards"][-1]["path"])
+    assert sh.tokens.min() >= len(SPECIAL_TOKENS)  # no special id inside the text
+    tok = load_tokenizer(tmp_path / "d" / "tokenizer.json")
+    last_doc = sh.tokens[sh.sentence_offsets[sh.document_offsets[-2]] :]
+    assert tok.decode(last_doc[:30].tolist()).startswith("write [ mask ] or [ sep ] in a sentence")
