@@ -231,6 +231,76 @@ def pretrain(
 # bertpld finetune
 
 
+@app.command()
+def finetune(
+    run_dir: Annotated[
+        Path, typer.Option("--from", help="Pre-training run directory (runs/NAME) to fine-tune from.")
+    ],
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="rt-polarity (offline, default), cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, "
+            "or all (every GLUE task and a GLUE table)."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        int | None, typer.Option(help="Checkpoint step to fine-tune (default: the latest).")
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Fine-tune N times; report each seed and the median.")
+    ] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(help="Local GLUE data: original TSV layout (glue_data/) or hub-layout parquet/jsonl."),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (default: the paper's per task).")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the training set (default 5).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per step (default 32).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop after this many steps (overrides epochs).")
+    ] = None,
+    predict_test: Annotated[
+        bool, typer.Option("--predict-test", help="Also write GLUE-submission-format test predictions.")
+    ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a pre-trained checkpoint on GLUE (or the offline rt-polarity task) and evaluate on dev.
+
+    Writes RUN/finetune/TASK/results.json (per-seed and median dev metrics, wall-clock, FLOPs), dev
+    predictions and TensorBoard scalars; with --task all also RUN/finetune/glue.json and glue.md.
+
+    \b
+    Examples:
+      bertpld finetune --from runs/pld                  (rt-polarity, offline)
+      bertpld finetune --from runs/pld --task mnli --data-dir glue_data --seeds 5
+      bertpld finetune --from runs/pld --task all --data-dir glue_data --seeds 5
+    """
+    from bertpld.config import FinetuneConfig, load_config, parse_set, read_config_file, resolve_config_path
+    from bertpld.finetune import finetune as run_finetune
+
+    layers: list[dict[str, Any]] = []
+    if config:
+        layers.append(read_config_file(resolve_config_path(config)))
+    layers.append(parse_set(set_))
+    layers.append(
+        _options(
+            "finetune",
+            task=task,
+            seeds=seeds,
+            data_dir=data_dir,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            max_steps=max_steps,
+        )
+    )
+    cfg = load_config(FinetuneConfig, None, *layers)
+    run_finetune(cfg, run_dir, checkpoint=checkpoint, predict_test=predict_test)
+
+
 # ---------------------------------------------------------------------------------------------
 # bertpld report
 
