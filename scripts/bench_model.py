@@ -92,17 +92,22 @@ def bench_pld(args: argparse.Namespace) -> dict:
     gates = systematic_gates(args.theta, cfg.num_layers)
     probs = pld.keep_probs(args.theta, cfg.num_layers)
     kept = sum(gates)
+    L = cfg.num_layers
+    arms = {"full": (None, None), "pld": (gates, probs)}
+    if args.breakdown:  # where the time goes: no block at all, and the PLD blocks without scaling
+        arms |= {"none": ([False] * L, [1.0] * L), "pld_unscaled": (gates, [1.0] * L)}
     for _ in range(args.warmup):
-        time_step(model, batch, None, None, args.dtype)
-        time_step(model, batch, gates, probs, args.dtype)
-    full, part = [], []
+        for g, p in arms.values():
+            time_step(model, batch, g, p, args.dtype)
+    times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.reps):  # interleaved
-        full.append(time_step(model, batch, None, None, args.dtype))
-        part.append(time_step(model, batch, gates, probs, args.dtype))
+        for name, (g, p) in arms.items():
+            times[name].append(time_step(model, batch, g, p, args.dtype))
+    med = {name: statistics.median(t) for name, t in times.items()}
     preds = args.batch * args.preds
-    f_full = step_flops(cfg, args.batch, args.seq, cfg.num_layers, preds, True)
+    f_full = step_flops(cfg, args.batch, args.seq, L, preds, True)
     f_part = step_flops(cfg, args.batch, args.seq, kept, preds, True)
-    t_full, t_part = statistics.median(full), statistics.median(part)
+    t_full, t_part = med["full"], med["pld"]
     return {
         "layers": cfg.num_layers,
         "hidden": cfg.hidden_size,
@@ -111,10 +116,13 @@ def bench_pld(args: argparse.Namespace) -> dict:
         "theta": args.theta,
         "expected_blocks": pld.expected_blocks(args.theta, cfg.num_layers),
         "gates": gates,
+        "median_s": med,
+        "min_s": {name: min(t) for name, t in times.items()},
+        "time_ratio_of_min": min(times["pld"]) / min(times["full"]),
+        "all_s": times,
+        "non_block_flops_share": step_flops(cfg, args.batch, args.seq, 0, preds, True) / f_full,
         "full_s": t_full,
         "pld_s": t_part,
-        "full_s_all": full,
-        "pld_s_all": part,
         "time_ratio": t_part / t_full,
         "flops_ratio": f_part / f_full,
         "relative_gap": (t_part / t_full) / (f_part / f_full) - 1.0,
@@ -156,6 +164,7 @@ def main() -> None:
     ap.add_argument("--theta", type=float, default=0.5, help="steady-state theta (theta_bar)")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--breakdown", action="store_true", help="also time zero blocks and unscaled PLD")
     ap.add_argument("--presets", default="tiny,mini,small", help="comma-separated presets to time")
     ap.add_argument("--device", default="cpu", help="cpu (the issue's benchmark) or cuda")
     ap.add_argument("--dtype", default="fp32", choices=sorted(AUTOCAST), help="autocast precision")
@@ -177,8 +186,17 @@ def main() -> None:
     print(f"  full depth  {r['full_s'] * 1e3:8.1f} ms/step  ({r['full_gflop_per_s']:.1f} GFLOP/s)")
     print(f"  PLD pattern {r['pld_s'] * 1e3:8.1f} ms/step")
     print(
-        f"  time ratio {r['time_ratio']:.4f}  FLOPs ratio {r['flops_ratio']:.4f}  gap {100 * r['relative_gap']:+.2f}%"
+        f"  time ratio {r['time_ratio']:.4f} (medians; of minima {r['time_ratio_of_min']:.4f})  "
+        f"FLOPs ratio {r['flops_ratio']:.4f}  gap {100 * r['relative_gap']:+.2f}%"
     )
+    if args.breakdown:
+        m = r["median_s"]
+        per_block = (m["full"] - m["none"]) / r["layers"]
+        print(
+            f"  breakdown: no blocks {m['none'] * 1e3:.1f} ms ({100 * m['none'] / m['full']:.1f}% of the step, "
+            f"{100 * r['non_block_flops_share']:.1f}% of its FLOPs), per block {per_block * 1e3:.1f} ms, "
+            f"PLD without 1/p scaling {m['pld_unscaled'] * 1e3:.1f} ms"
+        )
     rows = bench_presets(args) if args.presets else []
     for row in rows:
         print(
