@@ -227,3 +227,21 @@ def test_finetune_learns_rt_polarity_paper_recipe(tmp_path, tok, norm):
     make_run(run, norm=norm, tok=tok)
     res = F.finetune(_cfg(epochs=3, lr=1e-3, seeds=3, max_seq_len=64), run, log=lambda m: None)["rt-polarity"]
     assert all(s["metrics"]["acc"] > 0.6 for s in res["seeds"]), res["seeds"]
+
+
+def test_cli_finetune_runs_and_takes_overrides(tmp_path, tok):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    make_run(run, tok=tok)
+    args = ["--from", str(run), "--max-steps", "3", "--batch-size", "8", "--lr", "3e-4", "--seeds", "1"]
+    args += ["--set", "finetune.max_train_examples=40", "--set", "impl.threads=1", "--set", "impl.device=cpu"]
+    p = subprocess.run(
+        [sys.executable, "-m", "bertpld.cli", "finetune", *args], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    saved = json.loads((run / "finetune/rt-polarity/results.json").read_text())
+    assert saved["config"]["finetune"]["batch_size"] == 8 and saved["config"]["resolved"]["lr"] == 3e-4
+    assert saved["config"]["resolved"]["train_examples"] == 40 and saved["seeds"][0]["steps"] == 3
+    assert "median over 1 seed(s): acc" in p.stderr

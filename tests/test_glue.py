@@ -242,3 +242,29 @@ def test_rt_polarity_split_is_fixed_balanced_and_disjoint():
     # the package's label 1 is positive: check on a sentence that is unmistakable
     both = dict(zip(train.text_a + dev.text_a, np.r_[train.labels, dev.labels]))
     assert t.labels[both[next(s for s in both if s.startswith("the rock is destined"))]] == "positive"
+
+
+def test_hub_labels_mapped_by_classlabel_names(monkeypatch):
+    import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    calls = []
+
+    def fake_load_dataset(name, config, split):
+        calls.append((name, config, split))
+        feats = datasets.Features(
+            {
+                "premise": datasets.Value("string"),
+                "hypothesis": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=["neutral", "contradiction", "entailment"]),
+                "idx": datasets.Value("int32"),
+            }
+        )
+        cols = {"premise": ["p0", "p1"], "hypothesis": ["h0", "h1"], "label": [0, 2], "idx": [5, 6]}
+        return datasets.Dataset.from_dict(cols, features=feats)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    s = glue.load_split(glue.TASKS["mnli"], "validation_mismatched")
+    assert calls == [("nyu-mll/glue", "mnli", "validation_mismatched")]
+    assert s.labels.tolist() == [1, 0] and s.index == ["5", "6"] and s.text_b == ["h0", "h1"]
