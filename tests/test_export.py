@@ -117,3 +117,19 @@ def test_export_errors(tmp_path: Path) -> None:
         export_run(run, tmp_path / "x")
     assert not (tmp_path / "x").exists()
     assert isinstance(load_config(PretrainConfig), PretrainConfig)
+
+
+def test_export_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bertpld.cli import app
+
+    run, _, _ = make_run(tmp_path, "pre", "mlm")
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "hf"), "--checkpoint", "7"])
+    assert res.exit_code == 0, res.output
+    assert "RobertaPreLayerNormForMaskedLM" in res.output
+    assert {p.name for p in (tmp_path / "hf").iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    }
