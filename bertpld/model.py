@@ -104,16 +104,20 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: Tensor, mask: Tensor, scale: float = 1.0) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, scale: Tensor | None = None) -> Tensor:
+        """`scale` (1/p_l as a 0-dim CPU tensor, 'pre' only) multiplies both residual increments.
+
+        A tensor rather than a float: torch.compile would specialise on every new float value
+        (theta changes each step) and recompile until it gives up; a CPU scalar tensor costs no
+        device transfer. None is the plain block (no PLD, or p = 1: bit-identical to no PLD).
+        """
         if not self.pre_norm:
             h = self.attn_norm(x + self.attn(x, mask))
             return self.ffn_norm(h + self.ffn(h))
-        # 1/p folded into the residual add (one kernel, no extra pass over the activations);
-        # at p = 1 the plain add keeps theta = 1 bit-identical to training without PLD.
         a = self.attn(self.attn_norm(x), mask)
-        h = x + a if scale == 1.0 else torch.add(x, a, alpha=scale)
+        h = x + a if scale is None else x + a * scale
         f = self.ffn(self.ffn_norm(h))
-        return h + f if scale == 1.0 else torch.add(h, f, alpha=scale)
+        return h + f if scale is None else h + f * scale
 
 
 class Encoder(nn.Module):
@@ -145,7 +149,7 @@ class Encoder(nn.Module):
                 raise BertpldError(f"PLD: gates and keep_probs must both have one entry per block ({L})")
             for block, gate, p in zip(self.blocks, gates, keep_probs):
                 if gate:  # a dropped block is an exact identity: not called, so nothing is computed
-                    x = block(x, mask, scale=1.0 / p)
+                    x = block(x, mask, None if p == 1.0 else torch.tensor(1.0 / p, dtype=torch.float32))
         return x if self.final_norm is None else self.final_norm(x)
 
 

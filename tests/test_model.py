@@ -243,3 +243,24 @@ def test_cuda_matches_cpu_and_counts_flops() -> None:
     B, T = b["input_ids"].shape
     analytic = step_flops(cfg, B, T, 2, b["mlm_positions"].numel(), True)
     assert abs(analytic - counter.get_total_flops()) / counter.get_total_flops() < 0.02
+
+
+def test_compiled_blocks_do_not_recompile_as_theta_moves() -> None:
+    """1/p changes every step; compiled blocks must not specialise on it (recompile limit is 8)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from bertpld import pld
+
+    torch._dynamo.reset()
+    cfg = tiny("pre", layers=3)
+    model = BertForPreTraining(cfg, nsp=False).train()
+    counter = CompileCounter()
+    for block in model.bert.encoder.blocks:
+        block.compile(dynamic=False, backend=counter)
+    b = batch()
+    del b["nsp_labels"]
+    for step in range(0, 3000, 150):
+        gates, keep = pld.layer_gates(pld.theta(step, 0.5, 0.001), 3, "paper", 0, step, 0)
+        model(**b, gates=gates, keep_probs=keep).loss.backward()
+    model(**b).loss.backward()
+    assert counter.frame_count <= 2  # one graph with a scale tensor, one without
