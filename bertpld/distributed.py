@@ -119,6 +119,24 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
             offset += g.numel()
 
 
+def check_replicas_equal(module: torch.nn.Module) -> None:
+    """Raise if the ranks' copies of `module` differ (they must stay bit-identical).
+
+    A position-weighted float64 checksum of every parameter is gathered from all ranks; one
+    collective, run at checkpoints and at the end of training.
+    """
+    if not is_distributed():
+        return
+    total = torch.zeros((), dtype=torch.float64, device=next(module.parameters()).device)
+    for i, p in enumerate(module.parameters()):
+        total += p.detach().double().sum() * (i + 1)
+    sums = [torch.zeros_like(total) for _ in range(world_size())]
+    dist.all_gather(sums, total)
+    values = [float(t) for t in sums]
+    if any(v != values[0] for v in values):
+        raise RuntimeError(f"model replicas diverged across ranks (parameter checksums {values})")
+
+
 def _buckets(grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     out: list[list[torch.Tensor]] = []
     cur: list[torch.Tensor] = []

@@ -38,7 +38,7 @@ import torch
 from bertpld import __version__, checkpoint, pld
 from bertpld import distributed as dist
 from bertpld.atomic import atomic_write_json
-from bertpld.config import PretrainConfig, config_differences, config_to_dict, save_config
+from bertpld.config import PretrainConfig, config_differences, config_from_dict, config_to_dict, save_config
 from bertpld.data.reader import PretrainReader, load_manifest
 from bertpld.errors import BertpldError
 from bertpld.flops import peak_flops, step_flops
@@ -399,17 +399,21 @@ def _prepare_run_dir(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bo
     if saved.is_file():
         if resume:
             old = json.loads(saved.read_text())
-            diff = {
-                k: v
-                for k, v in config_differences(old, config_to_dict(cfg)).items()
-                if not k.startswith("impl.")
-            }
+            new = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as lists, as saved
+            diff = {k: v for k, v in config_differences(old, new).items() if not k.startswith("impl.")}
             refused = {k: v for k, v in diff.items() if k not in RESUMABLE_CHANGES}
             if refused:
                 k, (a, b) = next(iter(refused.items()))
                 raise BertpldError(
                     f"--resume {out}: {k} was {a!r} in that run, now {b!r}; a resumed run may change only "
                     "when it stops, logs and saves (and impl.*)"
+                )
+            before = schedule_steps(config_from_dict(PretrainConfig, old))
+            if diff and before != schedule_steps(cfg):
+                raise BertpldError(
+                    f"--resume {out}: the new stopping rule changes the schedule's length ({before} -> "
+                    f"{schedule_steps(cfg)} steps), and with it the lr and PLD theta; to extend a run, "
+                    f"give it a fixed length with --set train.total_steps={before}"
                 )
             ckpt = checkpoint.latest_checkpoint(out)
             save_config(cfg, saved)
@@ -553,6 +557,7 @@ def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal) -> str:
 
 
 def _save(out, cfg, model, optimizer, scaler, reader, counters: Counters) -> None:
+    dist.check_replicas_equal(model)
     rngs = [checkpoint.rng_state()]
     readers = [reader.state_dict()]
     if dist.is_distributed():

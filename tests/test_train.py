@@ -1,0 +1,257 @@
+"""The pre-training loop: learning, exact resume (also after kill -9), SIGTERM, DDP, outputs, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import pytest
+import torch
+
+import bertpld.data.prepare as prep
+from bertpld import checkpoint
+from bertpld.config import PrepareConfig, PretrainConfig, load_config
+from bertpld.errors import BertpldError
+from bertpld.train import pretrain
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {
+    "model": {"preset": "tiny", "max_position_embeddings": 64, "hidden_dropout": 0.1},
+    "data": {"max_seq_len": 64},
+    "train": {
+        "global_batch_size": 8,
+        "lr": 2e-3,
+        "warmup": 2,
+        "eval_every": 4,
+        "eval_batches": 2,
+        "save_every": 4,
+        "log_every": 1,
+        "keep_checkpoints": 5,
+    },
+    "impl": {"micro_batch_size": 4, "threads": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    corpus = root / "topics.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in topics.values() if len(t) > 400))
+    cfg = load_config(
+        PrepareConfig,
+        None,
+        {
+            "prepare": {
+                "sources": ["text"],
+                "text_files": [str(corpus)],
+                "vocab_size": 400,
+                "val_fraction": 0.1,
+            }
+        },
+    )
+    prep.prepare(cfg, root / "data", progress=False)
+    return root / "data"
+
+
+def make_cfg(data: Path, **sections) -> PretrainConfig:
+    layers = [TINY, {"data": {"path": str(data)}}, *({k: v} for k, v in sections.items())]
+    return load_config(PretrainConfig, None, *layers)
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def pld(**train) -> dict:
+    # a fixed schedule length, so that a run stopped early can be extended exactly
+    return {
+        "model": {"norm": "pre"},
+        "pld": {"enabled": True, "gamma": 0.2},
+        "train": {"total_steps": 40, **train},
+    }
+
+
+def test_loss_decreases_and_outputs_are_complete(data: Path, tmp_path: Path) -> None:
+    cfg = make_cfg(data, train={"max_steps": 24, "eval_every": 8})
+    summary = pretrain(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    metrics = rows(run)
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3
+    evals = [r["val_loss"] for r in metrics if "val_loss" in r]
+    assert len(evals) == 3 and evals[-1] < evals[0]
+    for key in (
+        "step",
+        "samples",
+        "tokens",
+        "loss",
+        "lr",
+        "theta",
+        "blocks_kept",
+        "flops",
+        "wall_s",
+        "tokens_per_s",
+    ):
+        assert key in metrics[0], key
+    assert (
+        metrics[-1]["samples"] == 24 * 8 and metrics[-1]["theta"] == 1.0 and metrics[-1]["blocks_kept"] == 2
+    )
+    for key in (
+        "steps",
+        "samples",
+        "tokens",
+        "flops",
+        "wall_s",
+        "final_train_loss",
+        "final_val_loss",
+        "stop_reason",
+    ):
+        assert key in summary, key
+    assert summary["stop_reason"] == "max_steps 24 reached" and summary["steps"] == 24
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert 0 < summary["tokens"] <= 24 * 8 * 64
+    for name in ("config.json", "env.json", "data.json", "tokenizer.json"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "config.json").read_text())["model"]["vocab_size"] == 400
+    assert list((run / "tb").iterdir())
+    assert checkpoint.latest_checkpoint(run).name == "step-000000024"
+
+
+def test_pld_run_executes_fewer_blocks_and_counts_fewer_flops(data: Path, tmp_path: Path) -> None:
+    base = pretrain(make_cfg(data, model={"norm": "pre"}, train={"max_steps": 12}), tmp_path / "pre")
+    drop = pretrain(make_cfg(data, **pld(max_steps=12)), tmp_path / "pld")
+    metrics = rows(tmp_path / "pld")
+    assert metrics[0]["theta"] == 1.0 and metrics[-1]["theta"] < 0.6  # theta(t) logged per step
+    assert min(r["blocks_kept"] for r in metrics) < 2
+    assert drop["flops"] < base["flops"]
+
+
+def test_resume_is_identical_to_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+    full = pretrain(make_cfg(data, **pld(max_steps=12)), tmp_path / "full")
+    part = make_cfg(data, **pld(max_steps=8))
+    pretrain(part, tmp_path / "part")
+    resumed = pretrain(make_cfg(data, **pld(max_steps=12)), tmp_path / "part", resume=True)
+    a, b = rows(tmp_path / "full"), rows(tmp_path / "part")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("loss", "val_loss", "samples", "tokens", "flops", "blocks_kept", "lr", "theta"):
+            assert ra.get(key) == rb.get(key), (ra["step"], key)
+    assert resumed["final_val_loss"] == full["final_val_loss"]
+    wa = checkpoint.load_model_weights(checkpoint.latest_checkpoint(tmp_path / "full"))
+    wb = checkpoint.load_model_weights(checkpoint.latest_checkpoint(tmp_path / "part"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+SCRIPT = """
+import sys
+from bertpld.config import PretrainConfig, load_config
+from bertpld.train import pretrain
+layers = [__import__("json").loads(a) for a in sys.argv[2:]]
+pretrain(load_config(PretrainConfig, None, *layers), sys.argv[1], resume=True)
+"""
+
+
+def _launch(out: Path, cfg_layers: list[dict]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-c", SCRIPT, str(out), *map(json.dumps, cfg_layers)]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early:\n{proc.stdout.read()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {path}")
+        time.sleep(0.05)
+
+
+def test_kill_9_then_resume_matches_the_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+    layers = [TINY, {"data": {"path": str(data)}}, pld(max_steps=40, save_every=4, eval_every=8)]
+    proc = _launch(tmp_path / "killed", layers)
+    _wait_for(checkpoint.checkpoint_dir(tmp_path / "killed", 8), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    cfg = make_cfg(data, **pld(max_steps=40, save_every=4, eval_every=8))
+    pretrain(cfg, tmp_path / "killed", resume=True)
+    pretrain(cfg, tmp_path / "clean")
+    a, b = rows(tmp_path / "clean"), rows(tmp_path / "killed")
+    assert [(r["step"], r["loss"], r.get("val_loss")) for r in a] == [
+        (r["step"], r["loss"], r.get("val_loss")) for r in b
+    ]
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(data: Path, tmp_path: Path) -> None:
+    layers = [
+        TINY,
+        {"data": {"path": str(data)}},
+        {"train": {"max_steps": 100_000, "save_every": 0, "eval_every": 0}},
+    ]
+    proc = _launch(tmp_path / "run", layers)
+    _wait_for(tmp_path / "run" / "metrics.jsonl", proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stop_reason"] == "signal SIGTERM"
+    assert checkpoint.latest_checkpoint(tmp_path / "run").name == f"step-{summary['steps']:09d}"
+
+
+DDP_SCRIPT = """
+import json, sys
+from bertpld.config import PretrainConfig, load_config
+from bertpld import distributed, train
+if sys.argv[2] == "broken":  # prove the replica check can fail: skip the gradient reduction
+    distributed.all_reduce_grads = lambda params: None
+layers = [json.loads(a) for a in sys.argv[3:]]
+train.pretrain(load_config(PretrainConfig, None, *layers), sys.argv[1])
+"""
+
+
+def _torchrun(out: Path, mode: str, layers: list[dict]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    script = out.parent / "ddp_script.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    args += [str(script), str(out), mode, *map(json.dumps, layers)]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_process_gloo_ddp_with_pld_keeps_replicas_identical(data: Path, tmp_path: Path) -> None:
+    layers = [TINY, {"data": {"path": str(data)}}, pld(max_steps=10, save_every=5, eval_every=5)]
+    layers.append({"pld": {"gamma": 1.0}})  # theta reaches 0.5 within a few steps
+    done = _torchrun(tmp_path / "ddp", "ok", layers)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["steps"] == 10 and summary["samples"] == 80
+    assert json.loads((tmp_path / "ddp" / "env.json").read_text())["world_size"] == 2
+    assert min(r["blocks_kept"] for r in rows(tmp_path / "ddp")) < 2  # layers were dropped
+    broken = _torchrun(tmp_path / "broken", "broken", layers)
+    assert broken.returncode != 0 and "replicas diverged" in broken.stderr
+
+
+def test_user_errors_are_one_line(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(BertpldError, match="not a multiple of impl.micro_batch_size"):
+        pretrain(make_cfg(data, train={"max_steps": 1, "global_batch_size": 6}), tmp_path / "a")
+    with pytest.raises(BertpldError, match="model.vocab_size: 999 does not match"):
+        pretrain(make_cfg(data, model={"vocab_size": 999}, train={"max_steps": 1}), tmp_path / "b")
+    with pytest.raises(BertpldError, match="no stopping rule"):
+        pretrain(make_cfg(data), tmp_path / "c")
+    with pytest.raises(BertpldError, match="no such data directory"):
+        pretrain(make_cfg(tmp_path / "nowhere", train={"max_steps": 1}), tmp_path / "d")
+    pretrain(make_cfg(data, train={"max_steps": 1}), tmp_path / "e")
+    with pytest.raises(BertpldError, match="holds a run already"):
+        pretrain(make_cfg(data, train={"max_steps": 1}), tmp_path / "e")
+    with pytest.raises(BertpldError, match="train.lr was 0.002 in that run"):
+        pretrain(make_cfg(data, train={"max_steps": 2, "lr": 1e-3}), tmp_path / "e", resume=True)
+    with pytest.raises(BertpldError, match="changes the schedule's length"):
+        pretrain(make_cfg(data, train={"max_steps": 2}), tmp_path / "e", resume=True)
