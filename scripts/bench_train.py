@@ -1,0 +1,116 @@
+"""End-to-end pre-training benchmark on this machine: PLD vs Pre-LN at equal samples, and DDP overhead.
+
+1. PLD vs Pre-LN: the same config (default: configs/demo.toml) trained for the same number of
+   steps (so the same samples) by `bertpld pretrain`, once with --pld and once without; compares the
+   total executed FLOPs ratio and the training wall-clock ratio from the runs' summary.json. The
+   target is a wall-clock ratio within 3% of the FLOPs ratio: skipping blocks saves what it
+   promises. Both runs are repeated (--repeats) and interleaved; the medians are reported.
+2. DDP overhead: the same global batch on one process (all threads) vs two gloo processes under
+   torchrun (threads split between them), steps/s of each.
+
+    python scripts/bench_train.py                     # demo config, 200 steps
+    python scripts/bench_train.py --steps 100 --repeats 1 --skip-ddp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(args: list[str], env: dict | None = None) -> None:
+    done = subprocess.run(args, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"command failed: {' '.join(args)}\n{done.stderr[-2000:]}")
+
+
+def pretrain(
+    out: Path, data: str, config: str, steps: int, extra: list[str], launcher: list[str] | None = None
+):
+    cmd = (launcher or [sys.executable, "-m", "bertpld.cli"]) + ["pretrain"]
+    cmd += ["--config", config, "--data", data, "--out", str(out), "--max-steps", str(steps)]
+    cmd += ["--eval-every", "0", "--save-every", "0", "--set", "train.total_steps=" + str(steps), *extra]
+    run(cmd, env={"PYTHONPATH": str(ROOT)})
+    return json.loads((out / "summary.json").read_text())
+
+
+def _secs(summaries: list[dict]) -> str:
+    return ", ".join(f"{s['wall_s']:.1f}" for s in summaries)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="data/demo", help="prepared data (bertpld prepare --out data/demo)")
+    ap.add_argument("--config", default="demo")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--skip-ddp", action="store_true")
+    ap.add_argument("--out", default="", help="write the numbers as JSON here")
+    args = ap.parse_args()
+    if not (Path(args.data) / "manifest.json").is_file():
+        sys.exit(
+            f"{args.data}: no prepared data; run `bertpld prepare --out {args.data} --vocab-size 8192` first"
+        )
+
+    result: dict = {"config": args.config, "steps": args.steps, "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        pre, pld = [], []
+        for i in range(args.repeats):
+            pre.append(pretrain(tmp / f"pre{i}", args.data, args.config, args.steps, ["--norm", "pre"]))
+            pld.append(pretrain(tmp / f"pld{i}", args.data, args.config, args.steps, ["--pld"]))
+        flops_ratio = pld[0]["flops"] / pre[0]["flops"]
+        wall_ratio = statistics.median(p["wall_s"] for p in pld) / statistics.median(p["wall_s"] for p in pre)
+        result.update(
+            pre_wall_s=[p["wall_s"] for p in pre],
+            pld_wall_s=[p["wall_s"] for p in pld],
+            pre_flops=pre[0]["flops"],
+            pld_flops=pld[0]["flops"],
+            flops_ratio=flops_ratio,
+            wall_ratio=wall_ratio,
+            wall_vs_flops=wall_ratio / flops_ratio - 1,
+        )
+        print(f"Pre-LN wall-clock (s): {_secs(pre)}   FLOPs {pre[0]['flops']:.3e}")
+        print(f"PLD    wall-clock (s): {_secs(pld)}   FLOPs {pld[0]['flops']:.3e}")
+        print(
+            f"PLD / Pre-LN at equal samples: FLOPs {flops_ratio:.3f}, wall-clock {wall_ratio:.3f} "
+            f"({result['wall_vs_flops']:+.1%} vs the FLOPs ratio; target within 3%)"
+        )
+
+        if not args.skip_ddp:
+            threads = os.cpu_count() or 2
+            one = pretrain(
+                tmp / "one", args.data, args.config, args.steps, ["--pld", "--set", f"impl.threads={threads}"]
+            )
+            launcher = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+            ]
+            launcher += ["-m", "bertpld.cli"]
+            os.environ["OMP_NUM_THREADS"] = str(max(threads // 2, 1))
+            half = ["--pld", "--set", "impl.micro_batch_size=16"]  # the same global batch of 32 over 2 ranks
+            two = pretrain(tmp / "two", args.data, args.config, args.steps, half, launcher)
+            result.update(single_wall_s=one["wall_s"], ddp2_wall_s=two["wall_s"])
+            print(
+                f"DDP (gloo): 1 process x {threads} threads {one['wall_s']:.1f}s, "
+                f"2 processes x {max(threads // 2, 1)} thread(s) {two['wall_s']:.1f}s "
+                f"({two['wall_s'] / one['wall_s'] - 1:+.1%})"
+            )
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
