@@ -31,7 +31,7 @@ def _tokenizer(vocab_size=1500):
     return tok
 
 
-def make_run(path, norm="post", step=7, hidden=64, layers=2, tok=None):
+def make_run(path, norm="post", step=7, hidden=64, layers=2, heads=2, tok=None):
     """config.json + tokenizer.json + a checkpoint of a freshly initialised tiny BertForPreTraining."""
     tok = tok or _tokenizer()
     model_over = dict(
