@@ -175,6 +175,26 @@ def test_glue_tasks_pairs_regression_mnli_and_table(tmp_path, tok):
     assert "MRPC f1/acc" in md and "MNLI acc_m/acc_mm" in md and f"{table['average']:.1f}" in md
 
 
+def test_task_all_writes_every_task_and_the_glue_table(tmp_path, tok):
+    from tests.test_glue import write_glue_tsv
+
+    run = tmp_path / "run"
+    make_run(run, tok=tok)
+    data = write_glue_tsv(tmp_path / "glue_data")
+    msgs = []
+    results = F.finetune(
+        _cfg(task="all", data_dir=str(data), max_steps=1, batch_size=4), run, log=msgs.append
+    )
+    assert list(results) == glue.GLUE_TASKS
+    for name in glue.GLUE_TASKS:
+        assert (run / "finetune" / name / "results.json").is_file()
+    assert results["qqp"]["data"]["train"]["skipped_malformed"] == 1
+    assert any("qqp train: train.tsv: skipped 1 malformed" in m for m in msgs)
+    table = json.loads((run / "finetune/glue.json").read_text())
+    assert table["average_over"] == ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli"]
+    assert "WNLI acc" in (run / "finetune/glue.md").read_text()
+
+
 def test_bad_input_fails_before_writing(tmp_path, tok, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run = tmp_path / "run"

@@ -39,7 +39,11 @@ def _mnli_row(i, s1, s2, label):
 
 @pytest.fixture()
 def glue_dir(tmp_path):
-    root = tmp_path / "glue_data"
+    return write_glue_tsv(tmp_path / "glue_data")
+
+
+def write_glue_tsv(root):
+    """A few rows of every GLUE task in the original layout under `root` (glue_data/)."""
     # CoLA: no header in train/dev; source, label, original annotation, sentence
     cola = [["gj04", 1, "", "The sailors rode the breeze clear of the rocks."], ["gj04", 0, "*", "Rode the."]]
     _write(root / "CoLA/train.tsv", cola)
