@@ -30,6 +30,7 @@ from bertpld import metrics as M
 from bertpld.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from bertpld.checkpoint import find_checkpoint, load_model_weights, load_run_config
 from bertpld.config import FinetuneConfig, ModelConfig, PretrainConfig, config_to_dict
+from bertpld.device import resolve_device, resolve_precision
 from bertpld.errors import BertpldError
 from bertpld.flops import step_flops
 from bertpld.glue import Split, Task, dev_suffix, load_task, resolve_tasks
@@ -522,24 +523,6 @@ def write_glue_table(
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """impl.device -> a torch device ('auto': cuda if available, else cpu). Single process only."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BertpldError(f"impl.device: {name} asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """impl.precision -> the autocast dtype ('auto': bf16 on GPU, fp32 on CPU)."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name == "fp16" and device.type != "cuda":
-        raise BertpldError("impl.precision: fp16 needs a CUDA device; use fp32 or bf16 on CPU")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def _subset(data: Encoded, n: int, seed: int) -> Encoded:

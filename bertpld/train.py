@@ -40,6 +40,7 @@ from bertpld import distributed as dist
 from bertpld.atomic import atomic_write_json
 from bertpld.config import PretrainConfig, config_differences, config_from_dict, config_to_dict, save_config
 from bertpld.data.reader import PretrainReader, load_manifest
+from bertpld.device import resolve_device, resolve_precision
 from bertpld.errors import BertpldError
 from bertpld.flops import peak_flops, step_flops
 from bertpld.model import BertForPreTraining
@@ -328,27 +329,6 @@ def evaluate(
 
 # ---------------------------------------------------------------------------------------------
 # Set-up helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank())
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BertpldError(f"impl.device: {name} asked for, but no CUDA device is available")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", dist.local_rank())
-    return dev
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name == "fp16" and device.type != "cuda":
-        raise BertpldError("impl.precision: fp16 needs a CUDA device; use fp32 or bf16 on CPU")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def micro_steps_per_step(cfg: PretrainConfig, world: int) -> int:
