@@ -308,8 +308,8 @@ class FinetuneSection:
     """Passes over the training split."""
     max_steps: int = 0
     """Stop after this many steps (0: epochs decide)."""
-    max_seq_len: int = 128
-    """Longest input; batches are padded only to their longest sequence."""
+    max_seq_len: int = 0
+    """Longest input (0: 128, or the model's position limit if lower); batches pad to their longest."""
     warmup: float = 0.1
     """Warmup fraction of total steps, then linear decay to 0."""
     weight_decay: float = 0.01
@@ -328,8 +328,10 @@ class FinetuneSection:
     def validate(self) -> None:
         if self.lr is not None:
             _positive("finetune.lr", self.lr)
-        for name in ("batch_size", "max_seq_len", "seeds", "eval_batch_size"):
+        for name in ("batch_size", "seeds", "eval_batch_size"):
             _positive(f"finetune.{name}", getattr(self, name))
+        if self.max_seq_len < 0 or 0 < self.max_seq_len < 8:
+            _fail("finetune.max_seq_len", self.max_seq_len, "0 (automatic) or an integer >= 8")
         _positive("finetune.epochs", self.epochs)
         for name in ("max_steps", "max_train_examples"):
             if getattr(self, name) < 0:

@@ -72,6 +72,8 @@ def finetune(
     ckpt = find_checkpoint(run_dir, checkpoint)
     pcfg = load_run_config(run_dir)
     tokenizer = load_tokenizer(run_dir / "tokenizer.json", pcfg.model)
+    # the paper's 128, unless the pre-trained model has fewer positions (the CPU demo has 64)
+    ft.max_seq_len = ft.max_seq_len or min(128, pcfg.model.max_position_embeddings)
     if ft.max_seq_len > pcfg.model.max_position_embeddings:
         raise BertpldError(
             f"finetune.max_seq_len: got {ft.max_seq_len}, expected at most the model's "

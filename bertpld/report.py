@@ -397,6 +397,10 @@ def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | N
         warnings.append(f"baseline {baseline.name} is incomplete: its totals and target are provisional")
 
     base_tot = {k: baseline.total(k) for k in ("samples", "tokens", "flops", "wall_s")} if baseline else {}
+    # The baseline's own cost to reach the target: its final loss may have been reached earlier
+    # (validation curves are not monotone), so the speed-up compares crossing with crossing.
+    base_hit = (time_to_target(baseline.evals, target) if target is not None else None) if baseline else None
+    base_hit = base_hit or base_tot
     out_runs = []
     for r in runs:
         tot = {k: r.total(k) for k in ("samples", "tokens", "flops", "wall_s", "steps")}
@@ -434,8 +438,8 @@ def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | N
                 entry["time_to_target"] = {
                     "reached": True,
                     **hit,
-                    "speedup_flops": _ratio(base_tot.get("flops"), hit["flops"]),
-                    "speedup_wall_s": _ratio(base_tot.get("wall_s"), hit["wall_s"]),
+                    "speedup_flops": _ratio(base_hit.get("flops"), hit["flops"]),
+                    "speedup_wall_s": _ratio(base_hit.get("wall_s"), hit["wall_s"]),
                 }
         out_runs.append(entry)
 

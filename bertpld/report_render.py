@@ -226,7 +226,7 @@ def sections(rep: dict[str, Any], images: dict[str, str]) -> list[tuple[str, lis
     text = (
         "Time-to-target: the FLOPs and wall-clock at which a run's validation loss first reached the "
         "baseline's final validation loss, linearly interpolated between the two evaluations around the "
-        "crossing. Speed-up = baseline's total / the run's value at the target."
+        "crossing. Speed-up = the baseline's own cost to first reach that loss / the run's."
         if base
         else "No baseline, so no target: time-to-target is left out."
     )

@@ -50,6 +50,9 @@ from bertpld.optim import build_optimizer, lr_multiplier
 # or only how fast things run. Anything else changes the run itself and is refused.
 RESUMABLE_CHANGES = ("train.max_steps", "train.max_samples", "train.time_budget", "train.target_val_loss")
 RESUMABLE_CHANGES += ("train.eval_every", "train.save_every", "train.keep_checkpoints", "train.log_every")
+# impl.* settings that may change on resume. The micro-batch size decides how many gate draws a
+# step makes, and fp16 carries grad-scaler state, so those two must stay as they were.
+SPEED_ONLY_ON_RESUME = ("impl.device", "impl.compile", "impl.fused_optimizer", "impl.threads")
 
 
 @dataclass
@@ -134,13 +137,49 @@ def _pretrain(
         )
 
     reason = ""
+    # Per-rank sums since the last metrics row; reduced over ranks only when a row is written.
+    # A row is written at every log, evaluation and checkpoint step, so a checkpoint never holds
+    # half-counted tokens and a resumed run writes the same rows as an uninterrupted one.
     loss_sum = torch.zeros((), device=device)
-    loss_count = 0
-    blocks_sum, blocks_count = 0, 0
+    nonfinite = torch.zeros((), device=device)  # optimizer steps skipped for a non-finite gradient
+    pending = {"loss_count": 0, "tokens": 0, "blocks_sum": 0, "blocks_count": 0}
     last_log = (counters.wall_s, counters.tokens, counters.flops)
-    tokens_local = 0
     last_loss = math.nan
     last_val = math.nan
+    # The fused AdamW kernel can skip a step on the device when told `found_inf`: no host sync.
+    skip_on_device = isinstance(optimizer, torch.optim.AdamW) and fused and precision != torch.float16
+
+    def metrics_row(theta: float, grad_norm: torch.Tensor | None) -> dict[str, Any]:
+        nonlocal last_log, last_loss
+        stats = torch.tensor([loss_sum.item(), pending["loss_count"], pending["tokens"]], dtype=torch.float64)
+        stats = _sum_over_ranks(stats, device)
+        counters.tokens += int(stats[2])
+        if stats[1]:
+            last_loss = float(stats[0] / stats[1])
+        dt = counters.wall_s - last_log[0]
+        row = {
+            "step": counters.step,
+            "samples": counters.samples,
+            "tokens": counters.tokens,
+            "loss": last_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "theta": theta,
+            "blocks_kept": pending["blocks_sum"] / max(pending["blocks_count"], 1),
+            "flops": counters.flops,
+            "wall_s": counters.wall_s,
+            "tokens_per_s": (counters.tokens - last_log[1]) / dt if dt > 0 else 0.0,
+        }
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        if peak and dt > 0:
+            # executed FLOPs since the last row, per second, per GPU, over the GPU's peak
+            row["mfu"] = (counters.flops - last_log[2]) / dt / (peak * world)
+        loss_sum.zero_()
+        pending.update(loss_count=0, tokens=0, blocks_sum=0, blocks_count=0)
+        last_log = (counters.wall_s, counters.tokens, counters.flops)
+        return row
+
+    theta = 1.0
     progress = _Progress(cfg, counters) if dist.is_main() else None
     try:
         while True:
@@ -156,21 +195,21 @@ def _pretrain(
             step_flops_total = 0.0
             for micro in range(accum):
                 batch = next(train_batches)
-                tokens_local += int(batch["attention_mask"].sum())
+                pending["tokens"] += int(batch["attention_mask"].sum())
                 gates = keep = None
                 if cfg.pld.enabled:
                     gates, keep = pld.layer_gates(
                         theta, cfg.model.num_layers, cfg.pld.variant, cfg.train.seed, counters.step, micro
                     )
                 blocks = cfg.model.num_layers if gates is None else sum(gates)
-                blocks_sum += blocks
-                blocks_count += 1
+                pending["blocks_sum"] += blocks
+                pending["blocks_count"] += 1
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
                     outputs = model(**batch, gates=gates, keep_probs=keep)
                 scaler.scale(outputs.loss / accum).backward()
                 loss_sum += outputs.loss.detach().float()
-                loss_count += 1
+                pending["loss_count"] += 1
                 input_ids = batch["input_ids"]
                 step_flops_total += step_flops(
                     cfg.model,
@@ -187,11 +226,16 @@ def _pretrain(
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
             )
-            if precision != torch.float16 and not torch.isfinite(grad_norm):
-                # The parameters are still those of the last good step: keep them and stop.
-                optimizer.zero_grad(set_to_none=True)
-                reason = f"non-finite loss or gradient at step {counters.step}; checkpoint holds the last good state"
-                break
+            if precision != torch.float16:  # (fp16: the grad scaler skips such steps by itself)
+                bad = ~torch.isfinite(grad_norm)
+                if skip_on_device:
+                    optimizer.found_inf = bad.float()
+                    nonfinite += bad
+                elif bad:  # a host check: free on the CPU
+                    # The parameters are still those of the last good step: keep them and stop.
+                    optimizer.zero_grad(set_to_none=True)
+                    reason = f"non-finite gradient at step {counters.step}; the checkpoint holds the last good state"
+                    break
             for group in optimizer.param_groups:
                 group["lr"] = cfg.train.lr * lr_multiplier(counters.step, cfg.train, total_steps)
             scaler.step(optimizer)
@@ -201,75 +245,54 @@ def _pretrain(
             counters.step += 1
             counters.samples += cfg.train.global_batch_size
             counters.flops += step_flops_total * world
-            if device.type == "cuda" and counters.step % cfg.train.log_every == 0:
+            step = counters.step
+            evaluate_now = bool(cfg.train.eval_every) and step % cfg.train.eval_every == 0
+            save_now = bool(cfg.train.save_every) and step % cfg.train.save_every == 0
+            log_now = step % cfg.train.log_every == 0 or evaluate_now or save_now
+            if device.type == "cuda" and log_now:
                 torch.cuda.synchronize(device)
             counters.wall_s += time.perf_counter() - t0
 
-            # --- log ---------------------------------------------------------------------------
-            row: dict[str, Any] | None = None
-            if counters.step % cfg.train.log_every == 0:
-                stats = torch.tensor([loss_sum.item(), loss_count, tokens_local], dtype=torch.float64)
-                stats = _sum_over_ranks(stats, device)
-                counters.tokens += int(stats[2])
-                tokens_local = 0
-                last_loss = float(stats[0] / stats[1])
-                loss_sum.zero_()
-                loss_count = 0
-                dt = counters.wall_s - last_log[0]
-                row = {
-                    "step": counters.step,
-                    "samples": counters.samples,
-                    "tokens": counters.tokens,
-                    "loss": last_loss,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "theta": theta,
-                    "blocks_kept": blocks_sum / max(blocks_count, 1),
-                    "flops": counters.flops,
-                    "wall_s": counters.wall_s,
-                    "tokens_per_s": (counters.tokens - last_log[1]) / dt if dt > 0 else 0.0,
-                    "grad_norm": float(grad_norm),
-                }
-                if peak and dt > 0:
-                    # executed FLOPs since the last row, per second, per GPU, over the GPU's peak
-                    row["mfu"] = (counters.flops - last_log[2]) / dt / (peak * world)
-                blocks_sum, blocks_count = 0, 0
-                last_log = (counters.wall_s, counters.tokens, counters.flops)
-
-            # --- evaluate ----------------------------------------------------------------------
-            every = cfg.train.eval_every
-            if every and counters.step % every == 0:
+            # --- log, evaluate -----------------------------------------------------------------
+            row = metrics_row(theta, grad_norm) if log_now else None
+            if evaluate_now:
                 last_val = evaluate(model, cfg, device, precision)
                 counters.best_val_loss = min(counters.best_val_loss, last_val)
-                row = row or _minimal_row(counters)
                 row["val_loss"] = last_val
             if row is not None and writer is not None:
                 writer.write(row)
             if progress is not None:
                 progress.update(counters, last_loss, theta, row)
+            if log_now and skip_on_device and nonfinite.item():
+                reason = (
+                    f"{int(nonfinite.item())} step(s) with a non-finite gradient were skipped; stopping "
+                    "with the last good state"
+                )
+                break
 
             # --- checkpoint --------------------------------------------------------------------
-            every = cfg.train.save_every
-            if every and counters.step % every == 0:
+            if save_now:
                 _save(out, cfg, model, optimizer, scaler, train_reader, counters)
                 saved_step = counters.step
     finally:
         if progress is not None:
             progress.close()
 
-    # --- the end: final evaluation, checkpoint and summary -------------------------------------
-    if loss_count:
-        stats = _sum_over_ranks(
-            torch.tensor([loss_sum.item(), loss_count, tokens_local], dtype=torch.float64), device
-        )
-        counters.tokens += int(stats[2])
-        last_loss = float(stats[0] / stats[1])
-    if not (cfg.train.eval_every and counters.step % cfg.train.eval_every == 0) and counters.step > 0:
-        last_val = evaluate(model, cfg, device, precision)
-        counters.best_val_loss = min(counters.best_val_loss, last_val)
-        if writer is not None:
-            writer.write({**_minimal_row(counters), "loss": last_loss, "val_loss": last_val})
+    # --- the end: checkpoint first (a signal may be followed by a kill), then final evaluation --
+    if pending["loss_count"]:
+        final_row = metrics_row(theta, None)
+    else:
+        final_row = None
     if counters.step > 0 and saved_step != counters.step:
         _save(out, cfg, model, optimizer, scaler, train_reader, counters)
+    evaluated = cfg.train.eval_every and counters.step % cfg.train.eval_every == 0
+    if counters.step > 0 and not evaluated:
+        last_val = evaluate(model, cfg, device, precision)
+        counters.best_val_loss = min(counters.best_val_loss, last_val)
+        final_row = final_row or {**_minimal_row(counters), "loss": last_loss}
+        final_row["val_loss"] = last_val
+    if final_row is not None and writer is not None:
+        writer.write(final_row)
     summary = {
         "steps": counters.step,
         "samples": counters.samples,
@@ -355,10 +378,11 @@ def schedule_steps(cfg: PretrainConfig) -> int:
             "train: no stopping rule; give --max-steps, --max-samples, --time-budget or --target-val-loss"
         )
     needs_total = t.schedule in ("linear", "cosine") or (cfg.pld.enabled and cfg.pld.gamma is None)
+    needs_total = needs_total or 0 < t.warmup < 1  # a warmup fraction of an unknown total
     if needs_total:
         raise BertpldError(
             "train.total_steps: a wall-clock or target-loss run needs the schedule's length "
-            "(--set train.total_steps=N), or schedule exp/constant and an explicit pld.gamma"
+            "(--set train.total_steps=N), or schedule exp/constant, warmup in steps and an explicit pld.gamma"
         )
     return 0
 
@@ -381,13 +405,13 @@ def _prepare_run_dir(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bo
         if resume:
             old = json.loads(saved.read_text())
             new = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as lists, as saved
-            diff = {k: v for k, v in config_differences(old, new).items() if not k.startswith("impl.")}
+            diff = {k: v for k, v in config_differences(old, new).items() if k not in SPEED_ONLY_ON_RESUME}
             refused = {k: v for k, v in diff.items() if k not in RESUMABLE_CHANGES}
             if refused:
                 k, (a, b) = next(iter(refused.items()))
                 raise BertpldError(
                     f"--resume {out}: {k} was {a!r} in that run, now {b!r}; a resumed run may change only "
-                    "when it stops, logs and saves (and impl.*)"
+                    "when it stops, logs and saves, and impl.device/compile/fused_optimizer/threads"
                 )
             before = schedule_steps(config_from_dict(PretrainConfig, old))
             if diff and before != schedule_steps(cfg):
@@ -530,8 +554,9 @@ def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal) -> str:
         reason = f"time budget {t.time_budget:g}s reached"
     elif t.target_val_loss and c.best_val_loss <= t.target_val_loss:
         reason = f"target validation loss {t.target_val_loss:g} reached"
-    if dist.is_distributed() and (stop.signal or t.time_budget):
-        # Ranks must agree: any rank that wants to stop stops everyone (signals, clock skew).
+    if dist.is_distributed():
+        # Ranks must agree, every step: a signal reaches ranks at different moments and clocks
+        # differ, so any rank that wants to stop stops everyone (one scalar all-reduce).
         if dist.all_reduce_max(1.0 if reason else 0.0) and not reason:
             reason = "stopped by another rank"
     return reason

@@ -370,3 +370,17 @@ def test_wnli_is_left_out_of_the_average(tmp_path: Path, three_runs: dict[str, P
     assert rep["glue"]["average_over"] == ["rte", "mrpc"]
     assert _by_name(rep)["post"]["glue_average"] == pytest.approx((65.0 + 78.5) / 2)
     assert not any("tasks differ" in w for w in rep["warnings"])
+
+
+def test_speed_up_compares_crossing_with_crossing(tmp_path: Path) -> None:
+    # The baseline's curve is not monotone: it first reaches its final val loss (3.0) at step 20.
+    # PLD reaches it at step 20 too: a speed-up of 1.0, not baseline-total / PLD-crossing = 2.0.
+    flops, wall = [1e12, 2e12, 3e12, 4e12], [10.0, 20.0, 30.0, 40.0]
+    vals = {10: 5.0, 20: 3.0, 30: 3.2, 40: 3.0}
+    post = make_run(tmp_path, "post", _config("post", False), _rows(flops, wall, [6, 5, 4, 3], vals))
+    pld = make_run(tmp_path, "pld", _config("pre", True, 1e-3), _rows(flops, wall, [6, 5, 4, 3], vals))
+    rep = _by_name(write_report([post, pld], tmp_path / "rep").report)
+    for name in ("post", "pld"):
+        ttt = rep[name]["time_to_target"]
+        assert ttt["flops"] == pytest.approx(2e12)
+        assert ttt["speedup_flops"] == pytest.approx(1.0) and ttt["speedup_wall_s"] == pytest.approx(1.0)

@@ -132,11 +132,18 @@ def test_pld_run_executes_fewer_blocks_and_counts_fewer_flops(data: Path, tmp_pa
     assert drop["flops"] < base["flops"]
 
 
-def test_resume_is_identical_to_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
-    full = pretrain(make_cfg(data, **pld(max_steps=12)), tmp_path / "full")
-    part = make_cfg(data, **pld(max_steps=8))
+@pytest.mark.parametrize(("log_every", "stop_at"), [(1, 8), (3, 4)])
+def test_resume_is_identical_to_an_uninterrupted_run(
+    data: Path, tmp_path: Path, log_every: int, stop_at: int
+) -> None:
+    # (3, 4): the checkpoint falls between two log steps; nothing pending may be lost
+    full = pretrain(make_cfg(data, **pld(max_steps=12, log_every=log_every)), tmp_path / "full")
+    part = make_cfg(data, **pld(max_steps=stop_at, log_every=log_every))
     pretrain(part, tmp_path / "part")
-    resumed = pretrain(make_cfg(data, **pld(max_steps=12)), tmp_path / "part", resume=True)
+    resumed = pretrain(
+        make_cfg(data, **pld(max_steps=12, log_every=log_every)), tmp_path / "part", resume=True
+    )
+    assert resumed["tokens"] == full["tokens"]
     a, b = rows(tmp_path / "full"), rows(tmp_path / "part")
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b, strict=True):
@@ -244,6 +251,10 @@ def test_user_errors_are_one_line(data: Path, tmp_path: Path) -> None:
         pretrain(make_cfg(data, train={"max_steps": 1, "global_batch_size": 6}), tmp_path / "a")
     with pytest.raises(BertpldError, match="model.vocab_size: 999 does not match"):
         pretrain(make_cfg(data, model={"vocab_size": 999}, train={"max_steps": 1}), tmp_path / "b")
+    with pytest.raises(BertpldError, match="train.total_steps"):  # a warmup fraction of an unknown length
+        pretrain(
+            make_cfg(data, train={"time_budget": 5, "schedule": "constant", "warmup": 0.1}), tmp_path / "f"
+        )
     with pytest.raises(BertpldError, match="no stopping rule"):
         pretrain(make_cfg(data), tmp_path / "c")
     with pytest.raises(BertpldError, match="no such data directory"):
