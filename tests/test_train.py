@@ -266,3 +266,25 @@ def test_user_errors_are_one_line(data: Path, tmp_path: Path) -> None:
         pretrain(make_cfg(data, train={"max_steps": 2, "lr": 1e-3}), tmp_path / "e", resume=True)
     with pytest.raises(BertpldError, match="changes the schedule's length"):
         pretrain(make_cfg(data, train={"max_steps": 2}), tmp_path / "e", resume=True)
+
+
+def test_non_finite_gradient_stops_with_the_last_good_state(data: Path, tmp_path: Path, monkeypatch) -> None:
+    import bertpld.train as T
+
+    class Poisoned(T.BertForPreTraining):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            Poisoned.calls += 1
+            if self.training and Poisoned.calls == 7:  # step 3 (two micro-steps a step)
+                return out._replace(loss=out.loss * float("nan"))
+            return out
+
+    monkeypatch.setattr(T, "BertForPreTraining", Poisoned)
+    summary = pretrain(make_cfg(data, train={"max_steps": 10, "save_every": 0}), tmp_path / "run")
+    assert summary["steps"] == 3 and "non-finite gradient at step 3" in summary["stop_reason"]
+    ckpt = checkpoint.latest_checkpoint(tmp_path / "run")
+    assert ckpt.name == "step-000000003"
+    weights = checkpoint.load_model_weights(ckpt)
+    assert all(torch.isfinite(w).all() for w in weights.values())
