@@ -30,6 +30,7 @@ from bertpld import metrics as M
 from bertpld.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from bertpld.checkpoint import find_checkpoint, load_model_weights, load_run_config
 from bertpld.config import FinetuneConfig, ModelConfig, PretrainConfig, config_to_dict
+from bertpld.data import tokenizer as data_tokenizer
 from bertpld.device import resolve_device, resolve_precision
 from bertpld.errors import BertpldError
 from bertpld.flops import step_flops
@@ -37,7 +38,6 @@ from bertpld.glue import Split, Task, dev_suffix, load_task, resolve_tasks
 from bertpld.model import BertForSequenceClassification
 from bertpld.optim import param_groups
 
-SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]")
 PAPER_ORDER = ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli", "wnli"]
 """Column order of the paper's GLUE table (METHOD.md section 5), WNLI appended."""
 AVERAGE_EXCLUDES = ("wnli",)
@@ -127,22 +127,12 @@ def finetune(
 
 def load_tokenizer(path: Path, model_cfg: ModelConfig):
     """The run's tokenizer, checked against the checkpoint's vocabulary; padding/truncation off."""
-    from tokenizers import Tokenizer
-
-    if not path.is_file():
-        raise BertpldError(f"{path}: missing (a pre-training run directory holds its tokenizer)")
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises bare Exceptions on malformed JSON
-        raise BertpldError(f"{path}: not a tokenizers JSON file ({e})") from None
+    tok = data_tokenizer.load_tokenizer(path, field="run tokenizer")
     if tok.get_vocab_size() != model_cfg.vocab_size:
         raise BertpldError(
             f"{path}: vocabulary of {tok.get_vocab_size()} tokens differs from the checkpoint's "
             f"model.vocab_size {model_cfg.vocab_size}"
         )
-    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
-    if missing:
-        raise BertpldError(f"{path}: special token(s) {', '.join(missing)} missing")
     tok.no_padding()
     tok.no_truncation()
     return tok

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
 import torch
 
-import bertpld.data.prepare as prep
-from bertpld.config import DataConfig, PrepareConfig, load_config
+from bertpld.config import DataConfig
 from bertpld.data.masking import instance_keys, mask_tokens
 from bertpld.data.reader import PretrainReader, load_manifest
 from bertpld.errors import BertpldError
+from tests.conftest import make_prepared_data
 
 PAD, UNK, CLS, SEP, MASK = range(5)
 T = 64
@@ -24,24 +23,9 @@ T = 64
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """A prepared directory from Python's docs: vocab 300, several train shards."""
-    root = tmp_path_factory.mktemp("reader")
-    corpus = root / "topics.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in topics.values() if len(t) > 400))
-    cfg = load_config(
-        PrepareConfig,
-        None,
-        {
-            "prepare": {
-                "sources": ["text"],
-                "text_files": [str(corpus)],
-                "vocab_size": 300,
-                "val_fraction": 0.1,
-                "shard_tokens": 40_000,
-            }
-        },
+    return make_prepared_data(
+        tmp_path_factory.mktemp("reader"), vocab_size=300, val_fraction=0.1, shard_tokens=40_000
     )
-    prep.prepare(cfg, root / "data", progress=False)
-    return root / "data"
 
 
 def _reader(data, objective="mlm+nsp", split="train", batch=16, **kw):

@@ -10,16 +10,15 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from pydoc_data.topics import topics
 
 import pytest
 import torch
 
-import bertpld.data.prepare as prep
 from bertpld import checkpoint
-from bertpld.config import PrepareConfig, PretrainConfig, load_config
+from bertpld.config import PretrainConfig, load_config
 from bertpld.errors import BertpldError
 from bertpld.train import pretrain
+from tests.conftest import make_prepared_data
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
@@ -41,23 +40,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    corpus = root / "topics.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in topics.values() if len(t) > 400))
-    cfg = load_config(
-        PrepareConfig,
-        None,
-        {
-            "prepare": {
-                "sources": ["text"],
-                "text_files": [str(corpus)],
-                "vocab_size": 400,
-                "val_fraction": 0.1,
-            }
-        },
-    )
-    prep.prepare(cfg, root / "data", progress=False)
-    return root / "data"
+    return make_prepared_data(tmp_path_factory.mktemp("train"), vocab_size=400, val_fraction=0.1)
 
 
 def make_cfg(data: Path, **sections) -> PretrainConfig:

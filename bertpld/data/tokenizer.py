@@ -65,20 +65,23 @@ def _bert_tokenizer(model: WordPiece) -> Tokenizer:
     return tok
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer.json and check it has BERT's special tokens with [PAD] = 0."""
+def load_tokenizer(path: str | Path, field: str = "prepare.tokenizer") -> Tokenizer:
+    """Load a tokenizer.json and check it has BERT's special tokens with [PAD] = 0.
+
+    `field` names, in error messages, where the path came from.
+    """
     path = Path(path)
     if not path.is_file():
-        raise BertpldError(f"prepare.tokenizer: no such file: {path}")
+        raise BertpldError(f"{field}: no such file: {path}")
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises plain Exception for malformed files
-        raise BertpldError(f"prepare.tokenizer: {path} is not a tokenizers tokenizer.json ({e})") from None
+        raise BertpldError(f"{field}: {path} is not a tokenizers tokenizer.json ({e})") from None
     missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
     if missing:
-        raise BertpldError(f"prepare.tokenizer: {path} lacks the special tokens {', '.join(missing)}")
+        raise BertpldError(f"{field}: {path} lacks the special tokens {', '.join(missing)}")
     if tok.token_to_id("[PAD]") != 0:
-        raise BertpldError(f"prepare.tokenizer: {path} has [PAD] = {tok.token_to_id('[PAD]')}, expected 0")
+        raise BertpldError(f"{field}: {path} has [PAD] = {tok.token_to_id('[PAD]')}, expected 0")
     return tok
 
 

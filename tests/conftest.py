@@ -1,0 +1,19 @@
+"""Shared test helpers: a small prepared data directory made from Python's own docs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import bertpld.data.prepare as prep
+from bertpld.config import PrepareConfig, load_config
+
+
+def make_prepared_data(root: Path, **prepare) -> Path:
+    """`bertpld prepare` on pydoc topics (a jsonl 'text' source) into root/data; returns the dir."""
+    corpus = root / "topics.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in topics.values() if len(t) > 400))
+    section = {"sources": ["text"], "text_files": [str(corpus)], **prepare}
+    prep.prepare(load_config(PrepareConfig, None, {"prepare": section}), root / "data", progress=False)
+    return root / "data"
