@@ -271,3 +271,16 @@ def test_non_finite_gradient_stops_with_the_last_good_state(data: Path, tmp_path
     assert ckpt.name == "step-000000003"
     weights = checkpoint.load_model_weights(ckpt)
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_stops_on_time_budget_and_on_target_validation_loss(data: Path, tmp_path: Path) -> None:
+    timed = make_cfg(data, train={"time_budget": 0.5, "schedule": "constant", "warmup": 2, "eval_every": 0})
+    summary = pretrain(timed, tmp_path / "timed")
+    assert summary["stop_reason"] == "time budget 0.5s reached"
+    assert 0.5 <= summary["wall_s"] < 5
+    target = make_cfg(
+        data, train={"target_val_loss": 6.0, "total_steps": 200, "max_steps": 200, "eval_every": 2}
+    )
+    summary = pretrain(target, tmp_path / "target")
+    assert summary["stop_reason"] == "target validation loss 6 reached"
+    assert summary["best_val_loss"] <= 6.0 and summary["steps"] < 200 and summary["steps"] % 2 == 0
