@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from bertpld.atomic import atomic_dir
-from bertpld.config import PretrainConfig, config_from_dict
+from bertpld.config import PretrainConfig, config_from_dict, read_config_json
 from bertpld.errors import BertpldError
 
 _STEP_DIR = re.compile(r"^step-(\d{9})$")
@@ -80,8 +80,6 @@ def load_model_weights(ckpt: str | Path) -> dict[str, torch.Tensor]:
     path = Path(ckpt) / "model.safetensors"
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
     except (OSError, SafetensorError, json.JSONDecodeError) as e:
@@ -121,12 +119,7 @@ def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
 
 
 def load_run_config(run_dir: str | Path) -> PretrainConfig:
-    path = Path(run_dir) / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BertpldError(f"{path}: cannot read the run's config ({e})") from None
-    return config_from_dict(PretrainConfig, data)
+    return config_from_dict(PretrainConfig, read_config_json(Path(run_dir) / "config.json"))
 
 
 def load_model_state(

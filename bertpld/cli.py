@@ -189,7 +189,14 @@ def pretrain(
 
     Multi-GPU / multi-node: torchrun --nproc-per-node 8 -m bertpld.cli pretrain ...
     """
-    from bertpld.config import PretrainConfig, load_config, parse_set, read_config_file, resolve_config_path
+    from bertpld.config import (
+        PretrainConfig,
+        load_config,
+        parse_set,
+        read_config_file,
+        read_config_json,
+        resolve_config_path,
+    )
     from bertpld.train import pretrain as run_pretrain
 
     if pld and norm == "post":
@@ -199,9 +206,7 @@ def pretrain(
     layers: list[dict[str, Any]] = []
     saved = out / "config.json"
     if resume and saved.is_file():
-        import json
-
-        layers.append(json.loads(saved.read_text()))
+        layers.append(read_config_json(saved))
     if config:
         layers.append(read_config_file(resolve_config_path(config)))
     layers.append(parse_set(set_))
@@ -378,6 +383,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["app", "main", "Path"]

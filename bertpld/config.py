@@ -471,6 +471,18 @@ def config_to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """A resolved config saved as JSON (a run's config.json), as a dict; one-line error if unreadable."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the saved config ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config sections")
+    return data
+
+
 def config_from_dict(cls: type, data: dict[str, Any]):
     """Rebuild a config saved with `config_to_dict` (e.g. a run's config.json)."""
     return load_config(cls, None, data)
@@ -611,7 +623,3 @@ def _unit(name: str, value: float, closed_left: bool = True, closed_right: bool 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         _fail(name, value, "one of " + ", ".join(allowed))
-
-
-def dumps(cfg) -> str:
-    return json.dumps(config_to_dict(cfg), indent=2)

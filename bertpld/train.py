@@ -37,8 +37,15 @@ import torch
 
 from bertpld import __version__, checkpoint, pld
 from bertpld import distributed as dist
-from bertpld.atomic import atomic_write_json
-from bertpld.config import PretrainConfig, config_differences, config_from_dict, config_to_dict, save_config
+from bertpld.atomic import atomic_write_json, atomic_write_text
+from bertpld.config import (
+    PretrainConfig,
+    config_differences,
+    config_from_dict,
+    config_to_dict,
+    read_config_json,
+    save_config,
+)
 from bertpld.data.reader import PretrainReader, load_manifest
 from bertpld.device import resolve_device, resolve_precision
 from bertpld.errors import BertpldError
@@ -403,7 +410,7 @@ def _prepare_run_dir(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bo
     saved = out / "config.json"
     if saved.is_file():
         if resume:
-            old = json.loads(saved.read_text())
+            old = read_config_json(saved)
             new = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as lists, as saved
             diff = {k: v for k, v in config_differences(old, new).items() if k not in SPEED_ONLY_ON_RESUME}
             refused = {k: v for k, v in diff.items() if k not in RESUMABLE_CHANGES}
@@ -497,8 +504,6 @@ def _truncate_metrics(out: Path, step: int) -> None:
         with contextlib.suppress(json.JSONDecodeError):
             if json.loads(line)["step"] <= step:
                 keep.append(line)
-    from bertpld.atomic import atomic_write_text
-
     atomic_write_text(path, "".join(line + "\n" for line in keep))
     tb = out / "tb"
     if tb.is_dir():  # TensorBoard would show both the dropped and the redone points

@@ -120,3 +120,15 @@ def test_every_field_has_a_docstring() -> None:
         docs = field_docs(cls)
         assert {f.name for f in dataclasses.fields(cls)} == set(docs), cls.__name__
     assert "Pre-LN" in field_docs(ModelConfig)["norm"]
+
+
+def test_a_broken_saved_config_is_a_one_line_error(tmp_path: Path) -> None:
+    from bertpld.config import read_config_json
+
+    bad = tmp_path / "config.json"
+    bad.write_text('{"model": ')
+    with pytest.raises(ConfigError, match="cannot read the saved config"):
+        read_config_json(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="expected a JSON object"):
+        read_config_json(bad)
