@@ -2,10 +2,15 @@
 
 bertpld does not wrap the model in DistributedDataParallel. With PLD every rank draws the same
 gates from the step seed (see `bertpld.pld.sample_gates`), so all ranks compute gradients for the
-same set of parameters; `all_reduce_grads` averages exactly those, once per optimizer step (after
-the last accumulation micro-step), in a few flat buckets. DDP would need
-`find_unused_parameters=True` (a graph traversal every step) to survive dropped blocks, and would
-all-reduce on every micro-step unless told otherwise. See scripts/bench_train.py for the measured cost.
+same set of parameters; `GradientReducer` averages exactly those, once per optimizer step, in flat
+buckets launched while the last accumulation micro-step's backward is still running (as DDP
+overlaps communication with computation). DDP itself would need `find_unused_parameters=True`
+(a graph traversal every step) to survive dropped blocks, and would all-reduce on every micro-step
+unless told otherwise. See scripts/bench_train.py and scripts/bench_ddp.py for the measured costs.
+
+Host-side agreements (stop decisions, logged sums) go through a separate gloo group on CPU
+tensors, so they never wait for the GPU: with NCCL alone, every such scalar would be a device
+round trip that drains the GPU's queue once per step.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 _BUCKET_BYTES = 32 * 1024 * 1024
+_control: dist.ProcessGroup | None = None  # gloo, for CPU scalars; made by init()
 
 
 def is_distributed() -> bool:
@@ -50,12 +56,17 @@ def init(device_type: str) -> None:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    timeout = datetime.timedelta(minutes=30)
+    dist.init_process_group(backend=backend, timeout=timeout)
+    global _control
+    _control = dist.new_group(backend="gloo", timeout=timeout)  # also on gloo: one code path
 
 
 def shutdown() -> None:
+    global _control
     if is_distributed():
         dist.destroy_process_group()
+    _control = None
 
 
 def barrier() -> None:
@@ -77,12 +88,19 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_max(value: float) -> float:
-    """Max of a Python float over ranks (used to agree on stop decisions)."""
+    """Max of a Python float over ranks (used to agree on stop decisions; no GPU involved)."""
     if not is_distributed():
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
+    return float(t)
+
+
+def all_reduce_sum_host(t: torch.Tensor) -> torch.Tensor:
+    """Sum of a CPU tensor over ranks, in place and returned (no GPU involved)."""
+    if is_distributed():
+        dist.all_reduce(t, group=_control)
+    return t
 
 
 def broadcast_object(obj):
@@ -94,29 +112,102 @@ def broadcast_object(obj):
     return box[0]
 
 
-def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
-    """Average the gradients of `params` over ranks, in place.
+class GradientReducer:
+    """Averages gradients over ranks, overlapping the all-reduce with the last backward.
 
-    Parameters whose `.grad` is None (blocks that PLD dropped on every micro-step) are skipped;
-    every rank skips the same ones because the gates are drawn from the shared step seed.
-    Gradients are packed into flat buckets so that a step costs a few collectives, not one per
-    tensor; all buckets are launched asynchronously and awaited together.
+    Per optimizer step:
+
+        reducer.expect(params)   before the last micro-step's backward: the parameters that
+                                 backward will reach (the model's minus PLD's dropped blocks)
+        loss.backward()          a hook counts each gradient in as autograd finishes it; a
+                                 bucket is launched (async all-reduce) once it is complete
+        reducer.finish()         launch what is left, wait, write the averages back
+
+    The gradients to reduce are the ones that exist after that backward: those it reaches plus
+    those earlier micro-steps left (a block kept before but dropped now). Every rank derives the
+    same list from the shared gates, cuts it into the same ~32 MiB buckets in reverse parameter
+    order (roughly the order backward produces gradients) and launches them strictly in bucket
+    order, so all ranks issue the same collectives in the same order. A parameter that will get
+    no gradient on any rank is never reduced, so PLD's dropped blocks cost nothing and cannot hang.
+    Without `expect` (or in one process) `finish` does all the work after backward.
     """
-    if not is_distributed():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    n = world_size()
-    pending = []
-    for bucket in _buckets(grads):
-        flat = torch.cat([g.reshape(-1) for g in bucket])
-        flat /= n
-        pending.append((dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True), flat, bucket))
-    for work, flat, bucket in pending:
-        work.wait()
-        offset = 0
-        for g in bucket:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+
+    def __init__(self, params: Iterable[torch.nn.Parameter]) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.distributed = is_distributed()
+        self._reset()
+        if self.distributed:
+            for p in self.params:
+                p.register_post_accumulate_grad_hook(self._on_grad)
+
+    def _reset(self) -> None:
+        self.buckets: list[list[torch.nn.Parameter]] = []
+        self.bucket_of: dict[int, int] = {}  # id(param) -> bucket index
+        self.missing: list[int] = []  # gradients each bucket still waits for
+        self.launched: list[tuple[dist.Work, torch.Tensor, list[torch.nn.Parameter]]] = []
+
+    def expect(self, reached: Iterable[torch.nn.Parameter]) -> None:
+        """Arm the hooks for the coming backward, which computes gradients for `reached`."""
+        if not self.distributed:
+            return
+        reached_ids = {id(p) for p in reached}
+        self._plan([p for p in self.params if id(p) in reached_ids or p.grad is not None])
+        for p in self.params:
+            if id(p) in self.bucket_of and id(p) not in reached_ids:
+                self.missing[self.bucket_of[id(p)]] -= 1  # final already (earlier micro-steps)
+        self._launch_ready()
+
+    def finish(self) -> None:
+        """Average every existing gradient over ranks (after the last backward), in place."""
+        if not self.distributed:
+            return
+        if not self.buckets:  # not armed: plan from the gradients that exist now
+            self._plan([p for p in self.params if p.grad is not None])
+        for b in range(len(self.launched), len(self.buckets)):
+            for p in self.buckets[b]:
+                if p.grad is None:  # announced but not reached: zero on every rank alike
+                    p.grad = torch.zeros_like(p)
+            self._launch(b)
+        for work, flat, bucket in self.launched:
+            work.wait()
+            offset = 0
+            for p in bucket:
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+        self._reset()
+
+    def _plan(self, params: list[torch.nn.Parameter]) -> None:
+        self._reset()
+        size = 0
+        for p in reversed(params):
+            if (
+                not self.buckets
+                or size + p.numel() * p.element_size() > _BUCKET_BYTES
+                or p.dtype != self.buckets[-1][0].dtype
+            ):
+                self.buckets.append([])
+                self.missing.append(0)
+                size = 0
+            self.buckets[-1].append(p)
+            self.bucket_of[id(p)] = len(self.buckets) - 1
+            self.missing[-1] += 1
+            size += p.numel() * p.element_size()
+
+    def _on_grad(self, p: torch.nn.Parameter) -> None:
+        b = self.bucket_of.get(id(p))
+        if b is not None and b >= len(self.launched):
+            self.missing[b] -= 1
+            self._launch_ready()
+
+    def _launch_ready(self) -> None:
+        while len(self.launched) < len(self.buckets) and self.missing[len(self.launched)] == 0:
+            self._launch(len(self.launched))
+
+    def _launch(self, b: int) -> None:
+        bucket = self.buckets[b]
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        flat /= world_size()
+        self.launched.append((dist.all_reduce(flat, async_op=True), flat, bucket))
 
 
 def check_replicas_equal(module: torch.nn.Module) -> None:
@@ -135,24 +226,3 @@ def check_replicas_equal(module: torch.nn.Module) -> None:
     values = [float(t) for t in sums]
     if any(v != values[0] for v in values):
         raise RuntimeError(f"model replicas diverged across ranks (parameter checksums {values})")
-
-
-def _buckets(grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    out: list[list[torch.Tensor]] = []
-    cur: list[torch.Tensor] = []
-    size = 0
-    for g in grads:
-        if cur and (size + g.numel() * g.element_size() > _BUCKET_BYTES or g.dtype != cur[0].dtype):
-            out.append(cur)
-            cur, size = [], 0
-        cur.append(g)
-        size += g.numel() * g.element_size()
-    if cur:
-        out.append(cur)
-    return out
-
-
-def _collective_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

@@ -276,6 +276,15 @@ class BertForPreTraining(nn.Module):
             loss = nsp_loss if loss is None else loss + nsp_loss
         return PretrainOutput(loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits)
 
+    def reached_parameters(self, gates: Sequence[bool] | None = None) -> list[nn.Parameter]:
+        """The parameters a backward through `forward(..., gates=gates)` gives a gradient:
+        all of them but those of the blocks the gates drop."""
+        dropped = set()
+        for block, gate in zip(self.bert.encoder.blocks, gates or ()):
+            if not gate:
+                dropped.update(id(p) for p in block.parameters())
+        return [p for p in self.parameters() if id(p) not in dropped]
+
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """The `bert.*` weights (embeddings, encoder, pooler if any): what fine-tuning starts from."""
         return {k: v for k, v in self.state_dict().items() if k.startswith("bert.")}

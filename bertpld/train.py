@@ -5,7 +5,8 @@
     stop?      steps / samples / wall-clock budget / target validation loss / signal
     micro      `accum` forward+backward passes; with PLD each draws its gates from
                (seed, step, micro-step), identically on every rank, and skipped blocks run nothing
-    reduce     one all-reduce of the gradients that exist (see bertpld.distributed)
+    reduce     the gradients that exist, averaged over ranks in buckets launched while the last
+               micro-step's backward runs (see bertpld.distributed.GradientReducer)
     step       unscale (fp16), clip, optimizer step, lr schedule
     log        metrics.jsonl + TensorBoard every log_every steps (the only host syncs besides the
                grad-norm check)
@@ -123,6 +124,7 @@ def _pretrain(
     if cfg.impl.compile:
         _compile_blocks(model)
 
+    reducer = dist.GradientReducer(model.parameters())
     train_reader = PretrainReader(
         cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, rank, world
     )
@@ -159,7 +161,7 @@ def _pretrain(
     def metrics_row(theta: float, grad_norm: torch.Tensor | None) -> dict[str, Any]:
         nonlocal last_log, last_loss
         stats = torch.tensor([loss_sum.item(), pending["loss_count"], pending["tokens"]], dtype=torch.float64)
-        stats = _sum_over_ranks(stats, device)
+        stats = dist.all_reduce_sum_host(stats)
         counters.tokens += int(stats[2])
         if stats[1]:
             last_loss = float(stats[0] / stats[1])
@@ -214,6 +216,8 @@ def _pretrain(
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
                     outputs = model(**batch, gates=gates, keep_probs=keep)
+                if micro == accum - 1:
+                    reducer.expect(model.reached_parameters(gates))
                 scaler.scale(outputs.loss / accum).backward()
                 loss_sum += outputs.loss.detach().float()
                 pending["loss_count"] += 1
@@ -228,7 +232,7 @@ def _pretrain(
                 )
 
             # --- reduce, clip, step ------------------------------------------------------------
-            dist.all_reduce_grads(model.parameters())
+            reducer.finish()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
@@ -532,14 +536,6 @@ def _compile_blocks(model: BertForPreTraining) -> None:
 
 def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _sum_over_ranks(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if not dist.is_distributed():
-        return t
-    t = t.to(device if torch.distributed.get_backend() == "nccl" else "cpu")
-    torch.distributed.all_reduce(t)
-    return t.cpu()
 
 
 def _minimal_row(c: Counters) -> dict[str, Any]:

@@ -6,8 +6,17 @@ PLD runs at its steady state: theta = theta_bar, fresh gates every step from the
 trainer uses. FLOPs are the analytic executed FLOPs (bertpld.flops), MFU is FLOP/s over the GPU's
 dense peak for the dtype.
 
+Modes: post, pre (full depth), pld, and heads: every block dropped, i.e. the part of a step PLD
+can never skip (embeddings, MLM/NSP heads and loss, optimizer); its share of the pre step bounds
+PLD's speed-up.
+
+Under torchrun (more than one rank) every step also averages the gradients with the trainer's
+GradientReducer, either overlapped with backward (`--overlap on`, what `bertpld pretrain` does)
+or after it (`off`), and reports the communication time left exposed after backward.
+
     python scripts/bench_gpu.py --preset base --micro-batch 256 --steps 30 --out bench.json
     python scripts/bench_gpu.py --preset tiny --device cpu --precision fp32 --steps 3   # smoke test
+    torchrun --standalone --nproc-per-node 8 scripts/bench_gpu.py --modes pre,pld --overlap on,off
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import time
 
 import torch
 
+from bertpld import distributed as dist
 from bertpld import pld
 from bertpld.config import MODEL_PRESETS, ModelConfig, TrainConfig
 from bertpld.flops import peak_flops, step_flops
@@ -43,7 +53,12 @@ def synthetic_batch(cfg: ModelConfig, batch: int, seq: int, preds: int, device: 
 
 
 def bench(
-    mode: str, cfg: ModelConfig, args: argparse.Namespace, device: torch.device, compile_blocks: bool
+    mode: str,
+    cfg: ModelConfig,
+    args: argparse.Namespace,
+    device: torch.device,
+    compile_blocks: bool,
+    overlap: bool = True,
 ) -> dict:
     torch.manual_seed(0)
     model = BertForPreTraining(cfg, nsp=True).to(device)
@@ -51,21 +66,33 @@ def bench(
         for block in model.bert.encoder.blocks:
             block.compile(dynamic=False)
     opt = build_optimizer(model, TrainConfig(lr=1e-4), fused=device.type == "cuda")
+    reducer = dist.GradientReducer(model.parameters())
     dtype = DTYPES[args.precision]
     batch = synthetic_batch(cfg, args.micro_batch, args.seq, args.preds, device)
     L = cfg.num_layers
-    times, flops, blocks = [], [], []
+    times, flops, blocks, exposed = [], [], [], []
     for step in range(args.warmup + args.steps):
         gates = keep = None
         if mode == "pld":
             gates, keep = pld.layer_gates(args.theta_bar, L, "paper", 0, step, 0)
+        elif mode == "heads":
+            gates, keep = [False] * L, [1.0] * L
         executed = L if gates is None else sum(gates)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = model(**batch, gates=gates, keep_probs=keep).loss
+        if overlap:
+            reducer.expect(model.reached_parameters(gates))
         loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_reduce = time.perf_counter()
+        reducer.finish()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_reduce = time.perf_counter() - t_reduce
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -74,6 +101,7 @@ def bench(
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
             blocks.append(executed)
+            exposed.append(t_reduce)
             flops.append(
                 step_flops(cfg, args.micro_batch, args.seq, executed, args.micro_batch * args.preds, True)
             )
@@ -84,7 +112,10 @@ def bench(
         "mode": mode,
         "norm": cfg.norm,
         "compiled": compile_blocks,
+        "world_size": dist.world_size(),
+        "overlap": overlap if dist.is_distributed() else None,
         "step_s_median": statistics.median(times),
+        "exposed_reduce_s_median": statistics.median(exposed) if dist.is_distributed() else None,
         "tokens_per_s": tokens / total_t,
         "seqs_per_s": args.micro_batch * len(times) / total_t,
         "mean_blocks": sum(blocks) / len(blocks),
@@ -111,42 +142,60 @@ def main() -> None:
     ap.add_argument("--theta-bar", type=float, default=0.5)
     ap.add_argument("--precision", default="bf16", choices=list(DTYPES))
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--modes", default="post,pre,pld", help="comma-separated: post, pre, pld")
+    ap.add_argument("--modes", default="post,pre,pld", help="comma-separated: post, pre, pld, heads")
     ap.add_argument("--compile", default="eager", help="comma-separated: eager, compiled")
+    ap.add_argument("--overlap", default="on", help="under torchrun, comma-separated: on, off")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    dist.init(device.type)
     if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank())
         torch.backends.cuda.matmul.allow_tf32 = True
+    overlaps = [o == "on" for o in args.overlap.split(",")] if dist.is_distributed() else [True]
     results = []
     for compiled in args.compile.split(","):
         for mode in args.modes.split(","):
-            cfg = ModelConfig(
-                **MODEL_PRESETS[args.preset], vocab_size=args.vocab, norm="post" if mode == "post" else "pre"
+            for overlap in overlaps:
+                norm = "post" if mode == "post" else "pre"
+                cfg = ModelConfig(**MODEL_PRESETS[args.preset], vocab_size=args.vocab, norm=norm)
+                r = bench(mode, cfg, args, device, compiled == "compiled", overlap)
+                results.append(r)
+                dist.print0(_line(r))
+    by = {(r["mode"], r["compiled"], r["overlap"]): r for r in results}
+    for (mode, compiled, overlap), r in by.items():
+        pre = by.get(("pre", compiled, overlap))
+        if mode in ("pld", "heads") and pre:
+            what = "throughput" if mode == "pld" else "step-time share (the part PLD cannot skip)"
+            value = (
+                r["tokens_per_s"] / pre["tokens_per_s"]
+                if mode == "pld"
+                else r["step_s_median"] / pre["step_s_median"]
             )
-            r = bench(mode, cfg, args, device, compiled == "compiled")
-            results.append(r)
-            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-            print(
-                f"{mode:5s} {'compiled' if r['compiled'] else 'eager':8s} {r['tokens_per_s']:>12,.0f} tok/s  "
-                f"{r['seqs_per_s']:>9,.0f} seq/s  blocks {r['mean_blocks']:.2f}  {r['tflops_per_s']:.1f} TFLOP/s  MFU {mfu}",
-                flush=True,
-            )
-    by = {(r["mode"], r["compiled"]): r for r in results}
-    for compiled in (False, True):
-        if ("pld", compiled) in by and ("pre", compiled) in by:
-            ratio = by[("pld", compiled)]["tokens_per_s"] / by[("pre", compiled)]["tokens_per_s"]
-            print(f"PLD / Pre-LN throughput ({'compiled' if compiled else 'eager'}): {ratio:.3f}")
+            dist.print0(f"{mode} / pre {what}, {'compiled' if compiled else 'eager'}: {value:.3f}")
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "args": vars(args),
         "results": results,
     }
-    if args.out:
+    if args.out and dist.is_main():
         with open(args.out, "w") as f:
             json.dump(info, f, indent=2)
+    dist.shutdown()
+
+
+def _line(r: dict) -> str:
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+    line = (
+        f"{r['mode']:5s} {'compiled' if r['compiled'] else 'eager':8s} {r['tokens_per_s']:>12,.0f} tok/s  "
+        f"{r['seqs_per_s']:>9,.0f} seq/s  blocks {r['mean_blocks']:.2f}  {r['tflops_per_s']:.1f} TFLOP/s  MFU {mfu}"
+    )
+    if r["overlap"] is not None:
+        line += f"  overlap {'on ' if r['overlap'] else 'off'}  exposed reduce {r['exposed_reduce_s_median'] * 1e3:.1f} ms"
+        line += f"  step {r['step_s_median'] * 1e3:.1f} ms"
+    return line
 
 
 if __name__ == "__main__":
