@@ -164,9 +164,6 @@ class GradientReducer:
         if not self.buckets:  # not armed: plan from the gradients that exist now
             self._plan([p for p in self.params if p.grad is not None])
         for b in range(len(self.launched), len(self.buckets)):
-            for p in self.buckets[b]:
-                if p.grad is None:  # announced but not reached: zero on every rank alike
-                    p.grad = torch.zeros_like(p)
             self._launch(b)
         for work, flat, bucket in self.launched:
             work.wait()
@@ -205,6 +202,8 @@ class GradientReducer:
 
     def _launch(self, b: int) -> None:
         bucket = self.buckets[b]
+        if any(p.grad is None for p in bucket):  # a bug in the caller's `reached` list, on every rank
+            raise RuntimeError("GradientReducer: a parameter announced by expect() got no gradient")
         flat = torch.cat([p.grad.reshape(-1) for p in bucket])
         flat /= world_size()
         self.launched.append((dist.all_reduce(flat, async_op=True), flat, bucket))

@@ -4,7 +4,8 @@
    steps (so the same samples) by `bertpld pretrain`, once with --pld and once without; compares the
    total executed FLOPs ratio and the training wall-clock ratio from the runs' summary.json. The
    target is a wall-clock ratio within 3% of the FLOPs ratio: skipping blocks saves what it
-   promises. Both runs are repeated (--repeats) and interleaved; the medians are reported.
+   promises. Both runs are repeated (--repeats) and interleaved; the median of the paired
+   ratios (each PLD run over the Pre-LN run just before it) is reported.
 2. DDP overhead: the same global batch on one process (all threads) vs two gloo processes under
    torchrun (threads split between them), steps/s of each.
 
@@ -68,10 +69,13 @@ def main() -> None:
             pre.append(pretrain(tmp / f"pre{i}", args.data, args.config, args.steps, ["--norm", "pre"]))
             pld.append(pretrain(tmp / f"pld{i}", args.data, args.config, args.steps, ["--pld"]))
         flops_ratio = pld[0]["flops"] / pre[0]["flops"]
-        wall_ratio = statistics.median(p["wall_s"] for p in pld) / statistics.median(p["wall_s"] for p in pre)
+        # Each PLD run is paired with the Pre-LN run just before it: the load of this shared machine
+        # drifts over minutes, and a pair sees nearly the same load. The median pair decides.
+        wall_ratio = statistics.median(b["wall_s"] / a["wall_s"] for a, b in zip(pre, pld))
         result.update(
             pre_wall_s=[p["wall_s"] for p in pre],
             pld_wall_s=[p["wall_s"] for p in pld],
+            paired_wall_ratios=[b["wall_s"] / a["wall_s"] for a, b in zip(pre, pld)],
             pre_flops=pre[0]["flops"],
             pld_flops=pld[0]["flops"],
             flops_ratio=flops_ratio,

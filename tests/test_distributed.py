@@ -62,6 +62,18 @@ for overlap in (True, False):
         assert launched_in_backward == planned == 10, (launched_in_backward, planned)
     else:
         assert launched_in_backward == 0
+# announcing a parameter the backward never reaches is the caller's bug: an error on every rank
+for p in params:
+    p.grad = None
+loss = run(micro[0][0], {0})
+reducer.expect([*layers[0].parameters(), *layers[5].parameters()])
+loss.backward()
+try:
+    reducer.finish()
+except RuntimeError as e:
+    assert "got no gradient" in str(e)
+else:
+    raise AssertionError("finish() accepted a parameter without a gradient")
 print(f"rank {rank} ok")
 dist.shutdown()
 """
