@@ -521,7 +521,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _compile_blocks(model: BertForPreTraining) -> None:
-    """torch.compile each encoder block (and the heads) on its own.
+    """torch.compile each encoder block on its own.
 
     Compiling blocks rather than the whole model keeps PLD's skipping plain Python control flow
     between compiled pieces, so a new gate pattern never triggers a recompilation. Errors in a

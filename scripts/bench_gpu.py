@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -70,34 +71,37 @@ def bench(
     dtype = DTYPES[args.precision]
     batch = synthetic_batch(cfg, args.micro_batch, args.seq, args.preds, device)
     L = cfg.num_layers
-    times, flops, blocks, exposed = [], [], [], []
-    for step in range(args.warmup + args.steps):
+
+    def step_once(step: int) -> tuple[int, float]:
+        """One optimizer step; returns (blocks executed, communication time left after backward)."""
         gates = keep = None
         if mode == "pld":
             gates, keep = pld.layer_gates(args.theta_bar, L, "paper", 0, step, 0)
         elif mode == "heads":
             gates, keep = [False] * L, [1.0] * L
-        executed = L if gates is None else sum(gates)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = model(**batch, gates=gates, keep_probs=keep).loss
         if overlap:
             reducer.expect(model.reached_parameters(gates))
         loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t_reduce = time.perf_counter()
-        reducer.finish()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t_reduce = time.perf_counter() - t_reduce
+        exposed = 0.0
+        if dist.is_distributed():
+            _sync(device)
+            t = time.perf_counter()
+            reducer.finish()
+            _sync(device)
+            exposed = time.perf_counter() - t
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        return (L if gates is None else sum(gates)), exposed
+
+    times, flops, blocks, exposed = [], [], [], []
+    for step in range(args.warmup + args.steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        executed, t_reduce = step_once(step)
+        _sync(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
             blocks.append(executed)
@@ -105,6 +109,8 @@ def bench(
             flops.append(
                 step_flops(cfg, args.micro_batch, args.seq, executed, args.micro_batch * args.preds, True)
             )
+    if args.profile and dist.is_main():
+        _profile(f"{mode}-{'compiled' if compile_blocks else 'eager'}", step_once, Path(args.profile), device)
     total_t = sum(times)
     tokens = args.micro_batch * args.seq * len(times)
     peak = peak_flops(torch.cuda.get_device_name(device), dtype) if device.type == "cuda" else None
@@ -123,10 +129,6 @@ def bench(
         "mfu": (sum(flops) / total_t / peak) if peak else None,
         "max_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
-    del model, opt
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
     return result
 
 
@@ -145,6 +147,7 @@ def main() -> None:
     ap.add_argument("--modes", default="post,pre,pld", help="comma-separated: post, pre, pld, heads")
     ap.add_argument("--compile", default="eager", help="comma-separated: eager, compiled")
     ap.add_argument("--overlap", default="on", help="under torchrun, comma-separated: on, off")
+    ap.add_argument("--profile", default="", help="also write a kernel profile per mode into this directory")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
@@ -161,6 +164,9 @@ def main() -> None:
                 norm = "post" if mode == "post" else "pre"
                 cfg = ModelConfig(**MODEL_PRESETS[args.preset], vocab_size=args.vocab, norm=norm)
                 r = bench(mode, cfg, args, device, compiled == "compiled", overlap)
+                if device.type == "cuda":  # the model is gone with bench(): start the next one clean
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
                 results.append(r)
                 dist.print0(_line(r))
     by = {(r["mode"], r["compiled"], r["overlap"]): r for r in results}
@@ -184,6 +190,25 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(info, f, indent=2)
     dist.shutdown()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _profile(name: str, step_once, out: Path, device: torch.device) -> None:
+    """Kernel-level profile of 3 more steps: the top operators by self time, as a text table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for step in range(3):
+            step_once(1_000_000 + step)
+        _sync(device)
+    out.mkdir(parents=True, exist_ok=True)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=40))
 
 
 def _line(r: dict) -> str:

@@ -3,7 +3,7 @@
 #   1. the GPU-marked tests (CUDA parity of the model, FLOPs);
 #   2. scripts/bench_gpu.py: BERT-base seq 128 bf16 training-step tokens/s and MFU for Post-LN,
 #      Pre-LN and PLD at steady state (theta = 0.5), and with every block dropped (the part PLD
-#      cannot skip), eager and with compiled blocks;
+#      cannot skip), eager and with compiled blocks, with a kernel profile of each under profiles/;
 #   3. the real loop: `bertpld pretrain` on BERT-base, Pre-LN vs PLD, on prepared data (data/demo),
 #      metrics.jsonl of both (tokens_per_s, mfu, blocks_kept).
 # Run from the repository root; needs data/demo (bertpld prepare --out data/demo --vocab-size 8192).
@@ -24,7 +24,7 @@ fi
 
 echo "== 2. step benchmark"
 timeout 300 python3 scripts/bench_gpu.py --preset "$PRESET" --device "$DEVICE" --micro-batch 256 --steps 20 --warmup 6 \
-  --modes post,pre,pld,heads --compile "${COMPILE_MODES:-eager,compiled}" --out "$OUT/bench_gpu.json" 2>&1 | grep -v Warning | tail -20
+  --modes post,pre,pld,heads --compile "${COMPILE_MODES:-eager,compiled}" --out "$OUT/bench_gpu.json" --profile "$OUT/profiles" 2>&1 | grep -v Warning | tail -20
 
 echo "== 3. the real training loop"
 for kind in pre pld; do
