@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -17,3 +20,10 @@ def make_prepared_data(root: Path, **prepare) -> Path:
     section = {"sources": ["text"], "text_files": [str(corpus)], **prepare}
     prep.prepare(load_config(PrepareConfig, None, {"prepare": section}), root / "data", progress=False)
     return root / "data"
+
+
+def torchrun_two(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `args` (a script and its arguments) as 2 gloo ranks under torchrun, 1 thread each."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -3,12 +3,9 @@ accumulation, and buckets launched while backward still runs."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import torchrun_two
 
 WORKER = r"""
 import torch, torch.distributed as td
@@ -82,16 +79,6 @@ dist.shutdown()
 def test_gradient_reducer_averages_exactly_and_overlaps_backward(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        str(script),
-    ]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    done = torchrun_two([str(script)], timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0 ok" in done.stdout and "rank 1 ok" in done.stdout

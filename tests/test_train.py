@@ -18,7 +18,7 @@ from bertpld import checkpoint
 from bertpld.config import PretrainConfig, load_config
 from bertpld.errors import BertpldError
 from bertpld.train import pretrain
-from tests.conftest import make_prepared_data
+from tests.conftest import make_prepared_data, torchrun_two
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
@@ -208,12 +208,9 @@ train.pretrain(load_config(PretrainConfig, None, *layers), sys.argv[1])
 
 
 def _torchrun(out: Path, mode: str, layers: list[dict]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     script = out.parent / "ddp_script.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    args += [str(script), str(out), mode, *map(json.dumps, layers)]
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    return torchrun_two([str(script), str(out), mode, *map(json.dumps, layers)])
 
 
 def test_two_process_gloo_ddp_with_pld_keeps_replicas_identical(data: Path, tmp_path: Path) -> None:
