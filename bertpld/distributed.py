@@ -51,15 +51,14 @@ def init(device_type: str) -> None:
 
     NCCL on GPU, gloo on CPU. Safe to call twice.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
-        return
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if device_type == "cuda":
-        torch.cuda.set_device(local_rank())
-    timeout = datetime.timedelta(minutes=30)
-    dist.init_process_group(backend=backend, timeout=timeout)
     global _control
-    _control = dist.new_group(backend="gloo", timeout=timeout)  # also on gloo: one code path
+    timeout = datetime.timedelta(minutes=30)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+    if is_distributed() and _control is None:  # also on gloo, and for a group made by the caller
+        _control = dist.new_group(backend="gloo", timeout=timeout)
 
 
 def shutdown() -> None:
@@ -130,6 +129,11 @@ class GradientReducer:
     order, so all ranks issue the same collectives in the same order. A parameter that will get
     no gradient on any rank is never reduced, so PLD's dropped blocks cost nothing and cannot hang.
     Without `expect` (or in one process) `finish` does all the work after backward.
+
+    A gradient that `expect` did not announce, or an announced one that never came, is an error
+    raised by `finish` (on every rank alike: the lists are the same everywhere). Buckets are copies
+    (one extra gradient-sized buffer until `finish`), made on the stream that produced the gradients:
+    forward and backward must run on the default stream, as the trainer's do.
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter]) -> None:
@@ -145,11 +149,14 @@ class GradientReducer:
         self.bucket_of: dict[int, int] = {}  # id(param) -> bucket index
         self.missing: list[int] = []  # gradients each bucket still waits for
         self.launched: list[tuple[dist.Work, torch.Tensor, list[torch.nn.Parameter]]] = []
+        self.error = ""  # set by a hook, raised by finish()
 
     def expect(self, reached: Iterable[torch.nn.Parameter]) -> None:
         """Arm the hooks for the coming backward, which computes gradients for `reached`."""
         if not self.distributed:
             return
+        if self.buckets:
+            raise RuntimeError("GradientReducer: expect() called again before finish()")
         reached_ids = {id(p) for p in reached}
         self._plan([p for p in self.params if id(p) in reached_ids or p.grad is not None])
         for p in self.params:
@@ -161,17 +168,23 @@ class GradientReducer:
         """Average every existing gradient over ranks (after the last backward), in place."""
         if not self.distributed:
             return
-        if not self.buckets:  # not armed: plan from the gradients that exist now
-            self._plan([p for p in self.params if p.grad is not None])
-        for b in range(len(self.launched), len(self.buckets)):
-            self._launch(b)
-        for work, flat, bucket in self.launched:
-            work.wait()
-            offset = 0
-            for p in bucket:
-                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
-        self._reset()
+        try:
+            if self.error:
+                raise RuntimeError(f"GradientReducer: {self.error}")
+            if not self.buckets:  # not armed: plan from the gradients that exist now
+                self._plan([p for p in self.params if p.grad is not None])
+            for b in range(len(self.launched), len(self.buckets)):
+                self._launch(b)
+            for work, flat, bucket in self.launched:
+                work.wait()
+                offset = 0
+                for p in bucket:
+                    p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+                    offset += p.numel()
+        finally:
+            for work, _, _ in self.launched:  # after an error: let no collective outlive its buffer
+                work.wait()
+            self._reset()
 
     def _plan(self, params: list[torch.nn.Parameter]) -> None:
         self._reset()
@@ -191,10 +204,14 @@ class GradientReducer:
             size += p.numel() * p.element_size()
 
     def _on_grad(self, p: torch.nn.Parameter) -> None:
+        if not self.buckets:  # not armed (an earlier accumulation micro-step)
+            return
         b = self.bucket_of.get(id(p))
-        if b is not None and b >= len(self.launched):
-            self.missing[b] -= 1
-            self._launch_ready()
+        if b is None or b < len(self.launched):
+            self.error = self.error or "a parameter got a gradient that expect() did not announce"
+            return
+        self.missing[b] -= 1
+        self._launch_ready()
 
     def _launch_ready(self) -> None:
         while len(self.launched) < len(self.buckets) and self.missing[len(self.launched)] == 0:

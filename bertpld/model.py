@@ -278,9 +278,9 @@ class BertForPreTraining(nn.Module):
 
     def reached_parameters(self, gates: Sequence[bool] | None = None) -> list[nn.Parameter]:
         """The parameters a backward through `forward(..., gates=gates)` gives a gradient:
-        all of them but those of the blocks the gates drop."""
+        all of them but those of the blocks the gates drop (in training; eval ignores gates)."""
         dropped = set()
-        for block, gate in zip(self.bert.encoder.blocks, gates or ()):
+        for block, gate in zip(self.bert.encoder.blocks, gates if gates and self.training else ()):
             if not gate:
                 dropped.update(id(p) for p in block.parameters())
         return [p for p in self.parameters() if id(p) not in dropped]

@@ -242,7 +242,7 @@ def _pretrain(
                 if skip_on_device:
                     optimizer.found_inf = bad.float()
                     nonfinite += bad
-                elif bad:  # a host check: free on the CPU
+                elif bad:  # a host check: free on the CPU; a GPU sync per step without fused AdamW
                     # The parameters are still those of the last good step: keep them and stop.
                     optimizer.zero_grad(set_to_none=True)
                     reason = f"non-finite gradient at step {counters.step}; the checkpoint holds the last good state"

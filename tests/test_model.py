@@ -153,6 +153,11 @@ def test_dropped_blocks_not_executed_and_get_no_gradient() -> None:
         else:
             assert all(g is None for g in grads)
     assert m.bert.encoder.final_norm.weight.grad is not None  # never dropped
+    # reached_parameters names exactly the parameters that got a gradient (what DDP reduces)
+    assert {id(p) for p in m.reached_parameters(gates)} == {
+        id(p) for p in m.parameters() if p.grad is not None
+    }
+    assert len(m.eval().reached_parameters(gates)) == len(list(m.parameters()))  # eval ignores gates
 
 
 def test_kept_block_scales_both_increments() -> None:
