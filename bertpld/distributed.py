@@ -49,7 +49,8 @@ def is_main() -> bool:
 def init(device_type: str) -> None:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise.
 
-    NCCL on GPU, gloo on CPU. Safe to call twice.
+    NCCL on GPU, gloo on CPU, plus a gloo group for host values (`all_reduce_max`,
+    `all_reduce_sum_host`). Safe to call twice.
     """
     global _control
     timeout = datetime.timedelta(minutes=30)
