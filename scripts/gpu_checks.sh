@@ -40,7 +40,8 @@ import json, statistics, sys
 out = sys.argv[1]
 res = {}
 for kind in ("pre", "pld"):
-    rows = [r for r in map(json.loads, open(f"{out}/loop_{kind}.jsonl")) if "tokens_per_s" in r][2:]  # skip warm-up
+    rows = [r for r in map(json.loads, open(f"{out}/loop_{kind}.jsonl")) if "tokens_per_s" in r]
+    rows = rows[2:] or rows  # skip warm-up when there is more
     res[kind] = {k: statistics.median(r[k] for r in rows) for k in ("tokens_per_s", "mfu", "blocks_kept") if k in rows[0]}
     print(kind, res[kind])
 print("PLD / Pre-LN tokens/s in the real loop:", res["pld"]["tokens_per_s"] / res["pre"]["tokens_per_s"])
