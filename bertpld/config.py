@@ -233,6 +233,9 @@ class ImplConfig:
     """'auto' (bf16 on GPU, fp32 on CPU), 'fp32', 'bf16' (autocast) or 'fp16' (autocast + grad scaler)."""
     micro_batch_size: int = 32
     """Sequences per forward/backward on one rank; accumulation makes up the global batch."""
+    unpad: bool = True
+    """Pre-training: run the encoder on the real tokens only, re-padding just for attention (the
+    same maths; padding costs nothing; dropout masks are drawn differently, so not on resume)."""
     compile: bool = False
     """torch.compile the model's blocks (falls back to eager if compilation fails)."""
     fused_optimizer: bool = True

@@ -9,7 +9,8 @@ Per token of an executed block, forward (h hidden, I FFN width, s sequence lengt
     Q, K, V and output projections   8 h^2
     FFN (two matrices)               4 h I        (16 h^2 when I = 4h)
     attention scores + weighted sum  4 s h
-i.e. 24 h^2 + 4 s h for BERT's I = 4h (METHOD.md section 4).
+i.e. 24 h^2 + 4 s h for BERT's I = 4h (METHOD.md section 4). With the padding removed the first
+two terms count real tokens only; attention still runs over the padded sequence.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ from bertpld.config import ModelConfig
 
 def block_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward FLOPs of one encoder block per token at padded sequence length `seq_len`."""
+    return _dense_flops_per_token(cfg) + 4.0 * seq_len * cfg.hidden_size
+
+
+def _dense_flops_per_token(cfg: ModelConfig) -> float:
+    """The projections and the FFN: what a token costs wherever it attends."""
     h, inner = cfg.hidden_size, cfg.intermediate_size
-    return 8.0 * h * h + 4.0 * h * inner + 4.0 * seq_len * h
+    return 8.0 * h * h + 4.0 * h * inner
 
 
 def step_flops(
@@ -33,6 +39,7 @@ def step_flops(
     head: str = "pretrain",
     num_labels: int = 2,
     backward: bool = True,
+    tokens: int | None = None,
 ) -> float:
     """FLOPs of one micro-batch: forward, plus 2x forward for the backward when `backward`.
 
@@ -44,12 +51,16 @@ def step_flops(
                       ignored for 'classifier'.
     nsp:              the pooler and the NSP classifier ran ('pretrain' only).
     head:             'pretrain' (MLM [+ NSP]) or 'classifier' (pooler + num_labels outputs).
+    tokens:           tokens the projections and FFN ran on: the real ones when the padding was
+                      removed (`token_index`), else None = batch_size x seq_len. Attention always
+                      runs padded.
     """
     if head not in ("pretrain", "classifier"):
         raise ValueError(f"head: got {head!r}, expected 'pretrain' or 'classifier'")
     h = cfg.hidden_size
-    tokens = batch_size * seq_len
-    fwd = blocks_executed * tokens * block_flops_per_token(cfg, seq_len)
+    padded = batch_size * seq_len
+    tokens = padded if tokens is None else tokens
+    fwd = blocks_executed * (tokens * _dense_flops_per_token(cfg) + padded * 4.0 * seq_len * h)
     if head == "pretrain":
         # MLM transform (h x h) and decoder (h x padded vocab), only at the gathered positions.
         fwd += mlm_predictions * (2.0 * h * h + 2.0 * h * cfg.padded_vocab_size)

@@ -9,6 +9,11 @@ Progressive Layer Dropping lives only in `Encoder.forward`: a block whose gate i
 at all (no forward, no backward), a kept block scales both residual increments by 1 / p_l.
 Gates are drawn outside the model (`bertpld.pld`), so the model holds no PLD state.
 
+Padding removal: given `token_index` (the flat positions of the real tokens, see `token_index`),
+the encoder runs every token-wise layer (projections, FFN, LayerNorm, dropout, residuals) on the
+real tokens only, an (N, H) tensor, and re-pads just around attention; the output is re-padded
+with zeros. The same maths as the padded model at every real token; padding costs no compute.
+
 Parameter names are ours; `bertpld.hf` maps them to Hugging Face names in both directions.
 Shapes: B batch, T sequence, H hidden, nh heads, hs head size, P masked positions, V padded vocab.
 """
@@ -37,6 +42,12 @@ class PretrainOutput(NamedTuple):
     """(B, 2), 0 = is next; None for a model built without NSP."""
 
 
+def token_index(attention_mask: Tensor) -> Tensor:
+    """Flat positions (in B x T) of the real tokens, for `token_index=`. Compute it on the CPU
+    batch: on a GPU tensor, `nonzero` waits for the device."""
+    return attention_mask.reshape(-1).nonzero().squeeze(1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Building blocks
 
@@ -52,9 +63,12 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
-        T = input_ids.size(1)
-        pos = self.position.weight[:T]  # (T, H): positions 0..T-1, as in Hugging Face BERT
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Positions 0..T-1 as in Hugging Face BERT, unless given (the real tokens' positions)."""
+        if positions is None:
+            pos = self.position.weight[: input_ids.size(1)]  # (T, H)
+        else:
+            pos = self.position(positions)
         x = self.word(input_ids) + self.token_type(token_type_ids) + pos
         return self.dropout(self.norm(x))  # (B, T, H)
 
@@ -70,14 +84,22 @@ class SelfAttention(nn.Module):
         self.attention_dropout = cfg.attention_dropout
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).unbind(2)
+    def forward(self, x: Tensor, mask: Tensor, token_index: Tensor | None = None) -> Tensor:
+        """x: (B, T, H), or (N, H) real tokens only when `token_index` is given (then padded here
+        for attention alone: the zero rows are padding keys, which the mask hides)."""
+        B, T = mask.shape[0], mask.shape[-1]
+        H = x.shape[-1]
+        qkv = self.qkv(x)
+        if token_index is not None:
+            qkv = qkv.new_zeros(B * T, 3 * H).index_copy(0, token_index, qkv)
+        q, k, v = qkv.view(B, T, 3, self.num_heads, H // self.num_heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
         )
         y = y.transpose(1, 2).reshape(B, T, H)
+        if token_index is not None:
+            y = y.view(B * T, H).index_select(0, token_index)
         return self.dropout(self.out(y))
 
 
@@ -104,17 +126,20 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: Tensor, mask: Tensor, scale: Tensor | None = None) -> Tensor:
-        """`scale` (1/p_l as a 0-dim CPU tensor, 'pre' only) multiplies both residual increments.
+    def forward(
+        self, x: Tensor, mask: Tensor, scale: Tensor | None = None, token_index: Tensor | None = None
+    ) -> Tensor:
+        """`scale` (1/p_l as a 0-dim CPU tensor, 'pre' only) multiplies both residual increments;
+        `token_index`: x holds only the real tokens (see SelfAttention).
 
         A tensor rather than a float: torch.compile would specialise on every new float value
         (theta changes each step) and recompile until it gives up; a CPU scalar tensor costs no
         device transfer. None is the plain block (no PLD, or p = 1: bit-identical to no PLD).
         """
         if not self.pre_norm:
-            h = self.attn_norm(x + self.attn(x, mask))
+            h = self.attn_norm(x + self.attn(x, mask, token_index))
             return self.ffn_norm(h + self.ffn(h))
-        a = self.attn(self.attn_norm(x), mask)
+        a = self.attn(self.attn_norm(x), mask, token_index)
         h = x + a if scale is None else x + a * scale
         f = self.ffn(self.ffn_norm(h))
         return h + f if scale is None else h + f * scale
@@ -134,11 +159,12 @@ class Encoder(nn.Module):
         mask: Tensor,
         gates: Sequence[bool] | None = None,
         keep_probs: Sequence[float] | None = None,
+        token_index: Tensor | None = None,
     ) -> Tensor:
         # Eval never consumes gates: validation and fine-tuning always run the full, unscaled stack.
         if gates is None or not self.training:
             for block in self.blocks:
-                x = block(x, mask)
+                x = block(x, mask, None, token_index)
         else:
             if self.final_norm is None:
                 raise BertpldError(
@@ -149,7 +175,8 @@ class Encoder(nn.Module):
                 raise BertpldError(f"PLD: gates and keep_probs must both have one entry per block ({L})")
             for block, gate, p in zip(self.blocks, gates, keep_probs):
                 if gate:  # a dropped block is an exact identity: not called, so nothing is computed
-                    x = block(x, mask, None if p == 1.0 else torch.tensor(1.0 / p, dtype=torch.float32))
+                    scale = None if p == 1.0 else torch.tensor(1.0 / p, dtype=torch.float32)
+                    x = block(x, mask, scale, token_index)
         return x if self.final_norm is None else self.final_norm(x)
 
 
@@ -169,11 +196,20 @@ class BertModel(nn.Module):
         attention_mask: Tensor,
         gates: Sequence[bool] | None = None,
         keep_probs: Sequence[float] | None = None,
+        token_index: Tensor | None = None,
     ) -> Tensor:
+        """(B, T, H) hidden states; with `token_index` the encoder runs on the real tokens only
+        and the padding positions of the result are zeros."""
         # (B, 1, 1, T) boolean, True = attend; broadcast over heads and query positions.
         mask = attention_mask.bool()[:, None, None, :]
-        x = self.embeddings(input_ids, token_type_ids)
-        return self.encoder(x, mask, gates, keep_probs)  # (B, T, H)
+        if token_index is None:
+            x = self.embeddings(input_ids, token_type_ids)
+            return self.encoder(x, mask, gates, keep_probs)
+        B, T = input_ids.shape
+        ids, types = (t.reshape(-1)[token_index][None] for t in (input_ids, token_type_ids))
+        x = self.embeddings(ids, types, positions=token_index % T)[0]  # (N, H)
+        x = self.encoder(x, mask, gates, keep_probs, token_index)
+        return x.new_zeros(B * T, x.shape[-1]).index_copy(0, token_index, x).view(B, T, -1)
 
     def pool(self, hidden: Tensor) -> Tensor:
         assert self.pooler is not None, "model built without a pooler"
@@ -252,12 +288,14 @@ class BertForPreTraining(nn.Module):
         nsp_labels: Tensor | None = None,
         gates: Sequence[bool] | None = None,
         keep_probs: Sequence[float] | None = None,
+        token_index: Tensor | None = None,
     ) -> PretrainOutput:
         """`mlm_positions` (B, P) indexes the positions to predict; `mlm_labels` (B, P), -100 = unused slot.
 
         `gates`/`keep_probs` (one per block) only in training with PLD; None runs every block unscaled.
+        `token_index` (from `token_index(attention_mask)`): skip the padding (see the module doc).
         """
-        hidden = self.bert(input_ids, token_type_ids, attention_mask, gates, keep_probs)  # (B, T, H)
+        hidden = self.bert(input_ids, token_type_ids, attention_mask, gates, keep_probs, token_index)
         # gather, not boolean indexing: the shape is fixed, so there is no device sync.
         idx = mlm_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, P, H)
         mlm_logits = self.mlm(torch.gather(hidden, 1, idx), self.bert.embeddings.word.weight)  # (B, P, V)

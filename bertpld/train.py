@@ -51,7 +51,7 @@ from bertpld.data.reader import PretrainReader, load_manifest
 from bertpld.device import resolve_device, resolve_precision
 from bertpld.errors import BertpldError
 from bertpld.flops import peak_flops, step_flops
-from bertpld.model import BertForPreTraining
+from bertpld.model import BertForPreTraining, token_index
 from bertpld.optim import build_optimizer, lr_multiplier
 
 # Fields that may change between a run and its resumption: they decide when to stop, log and save,
@@ -203,7 +203,7 @@ def _pretrain(
             theta = pld.theta(counters.step, cfg.pld.theta_bar, gamma) if cfg.pld.enabled else 1.0
             step_flops_total = 0.0
             for micro in range(accum):
-                batch = next(train_batches)
+                batch = _with_token_index(next(train_batches), cfg)
                 pending["tokens"] += int(batch["attention_mask"].sum())
                 gates = keep = None
                 if cfg.pld.enabled:
@@ -229,6 +229,7 @@ def _pretrain(
                     blocks_executed=blocks,
                     mlm_predictions=batch["mlm_positions"].numel(),
                     nsp="nsp_labels" in batch,
+                    tokens=len(batch["token_index"]) if "token_index" in batch else None,
                 )
 
             # --- reduce, clip, step ------------------------------------------------------------
@@ -346,7 +347,7 @@ def evaluate(
             break
         if i % world != rank:
             continue
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in _with_token_index(batch, cfg).items()}
         with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
             out = model(**batch)
         total[0] += out.loss.double()
@@ -514,6 +515,13 @@ def _truncate_metrics(out: Path, step: int) -> None:
         shutil.rmtree(tb)
 
 
+def _with_token_index(batch: dict[str, torch.Tensor], cfg: PretrainConfig) -> dict[str, torch.Tensor]:
+    """Add the real tokens' positions (impl.unpad), computed here on the CPU batch: no device sync."""
+    if cfg.impl.unpad:
+        batch["token_index"] = token_index(batch["attention_mask"])
+    return batch
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -524,14 +532,16 @@ def _compile_blocks(model: BertForPreTraining) -> None:
     """torch.compile each encoder block on its own.
 
     Compiling blocks rather than the whole model keeps PLD's skipping plain Python control flow
-    between compiled pieces, so a new gate pattern never triggers a recompilation. Errors in a
-    backend fall back to eager execution instead of stopping the run.
+    between compiled pieces, so a new gate pattern never triggers a recompilation. The number of
+    real tokens changes every batch with impl.unpad: after the first change it becomes a dynamic
+    dimension (one more compilation, then none). Errors in a backend fall back to eager execution
+    instead of stopping the run.
     """
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
     for block in model.bert.encoder.blocks:
-        block.compile(dynamic=False)
+        block.compile()
 
 
 def _n_params(model: torch.nn.Module) -> int:

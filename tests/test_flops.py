@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bertpld.config import MODEL_PRESETS, ModelConfig
 from bertpld.flops import block_flops_per_token, peak_flops, step_flops
-from bertpld.model import BertForPreTraining, BertForSequenceClassification
+from bertpld.model import BertForPreTraining, BertForSequenceClassification, token_index
 
 CFG = ModelConfig(
     vocab_size=1000,
@@ -64,22 +64,30 @@ def test_bert_base_per_token_matches_method() -> None:
     assert 0.255 < saved < 0.265
 
 
+@pytest.mark.parametrize("unpad", [False, True])
 @pytest.mark.parametrize("gates", [None, [True, False, True, False], [False, False, False, True]])
-def test_pretrain_step_matches_flop_counter(gates: list[bool] | None) -> None:
+def test_pretrain_step_matches_flop_counter(gates: list[bool] | None, unpad: bool) -> None:
     torch.manual_seed(0)
     model = BertForPreTraining(CFG, nsp=True).train()
     probs = [0.9, 0.8, 0.7, 0.6] if gates else None
+    x = inputs()
+    index = token_index(x["attention_mask"]) if unpad else None
+    tokens = len(index) if unpad else None
 
     def step() -> None:
-        model(**inputs(), gates=gates, keep_probs=probs).loss.backward()
+        model(**x, gates=gates, keep_probs=probs, token_index=index).loss.backward()
 
     total, by_op = counted(step)
     blocks = CFG.num_layers if gates is None else sum(gates)
     assert by_op.get("aten.bmm", 0) + by_op.get("aten._scaled_dot_product_flash_attention", 0) > 0
-    analytic = step_flops(CFG, B, T, blocks, B * P, nsp=True)
+    analytic = step_flops(CFG, B, T, blocks, B * P, nsp=True, tokens=tokens)
     assert abs(analytic - total) / total < 0.02, (analytic, total, by_op)
-    fwd, _ = counted(lambda: model(**inputs(), gates=gates, keep_probs=probs))
-    assert abs(step_flops(CFG, B, T, blocks, B * P, nsp=True, backward=False) - fwd) / fwd < 0.02
+    fwd, _ = counted(lambda: model(**x, gates=gates, keep_probs=probs, token_index=index))
+    assert (
+        abs(step_flops(CFG, B, T, blocks, B * P, nsp=True, backward=False, tokens=tokens) - fwd) / fwd < 0.02
+    )
+    if unpad and blocks:  # the padding (12 of 128 tokens) is visibly not computed
+        assert step_flops(CFG, B, T, blocks, B * P, nsp=True) > 1.05 * total
 
 
 def test_classifier_step_matches_flop_counter() -> None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from bertpld import hf
 from bertpld.config import ModelConfig
 from bertpld.errors import BertpldError
-from bertpld.model import BertForPreTraining, BertForSequenceClassification
+from bertpld.model import BertForPreTraining, BertForSequenceClassification, token_index
 
 V = 101  # not a multiple of 8: the padded rows exist
 
@@ -219,7 +219,8 @@ def test_classifier_loads_encoder() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu_and_counts_flops() -> None:
-    """On GPU, SDPA takes a fused kernel: same logits as CPU (fp32), finite bf16 PLD steps, FLOPs."""
+    """On GPU, SDPA takes a fused kernel: same logits as CPU (fp32, padded and unpadded), finite
+    bf16 PLD steps, FLOPs."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from bertpld.flops import step_flops
@@ -232,8 +233,10 @@ def test_cuda_matches_cpu_and_counts_flops() -> None:
     bc = {k: v.cuda() for k, v in b.items()}
     with torch.no_grad():
         ref, got = cpu(**b), gpu(**bc)
+        unpadded = gpu(**bc, token_index=token_index(b["attention_mask"]).cuda())
     torch.testing.assert_close(got.mlm_logits.cpu()[..., :V], ref.mlm_logits[..., :V], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got.loss.cpu(), ref.loss, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(unpadded.loss.cpu(), ref.loss, atol=1e-4, rtol=1e-4)
 
     gpu.train()
     gates, probs = [True, False, True, False], [0.9, 0.8, 0.7, 0.6]
@@ -269,3 +272,31 @@ def test_compiled_blocks_do_not_recompile_as_theta_moves() -> None:
         model(**b, gates=gates, keep_probs=keep).loss.backward()
     model(**b).loss.backward()
     assert counter.frame_count <= 2  # one graph with a scale tensor, one without
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_unpadded_encoder_computes_what_the_padded_one_does(norm: str) -> None:
+    """token_index: same loss, logits and gradients; padding rows of the hidden states are zeros."""
+    m = perturbed(BertForPreTraining(tiny(norm, dropout=0.0), nsp=True)).train()
+    b = batch()
+    pld = {"gates": [True, False, True, True], "keep_probs": [0.9, 0.8, 0.7, 0.6]} if norm == "pre" else {}
+    index = token_index(b["attention_mask"])
+    assert len(index) == int(b["attention_mask"].sum()) < b["attention_mask"].numel()
+    results = []
+    for idx in (None, index):
+        m.zero_grad(set_to_none=True)
+        out = m(**b, **pld, token_index=idx)
+        out.loss.backward()
+        grads = {k: p.grad for k, p in m.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (ref, ref_grads), (got, got_grads) = results
+    torch.testing.assert_close(got.loss, ref.loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got.mlm_logits, ref.mlm_logits, atol=1e-5, rtol=1e-5)
+    assert got_grads.keys() == ref_grads.keys()
+    for k in ref_grads:
+        torch.testing.assert_close(got_grads[k], ref_grads[k], atol=1e-6, rtol=1e-5, msg=k)
+    hidden = m.bert(b["input_ids"], b["token_type_ids"], b["attention_mask"], token_index=index)
+    padded = m.bert(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    real = b["attention_mask"].bool()
+    torch.testing.assert_close(hidden[real], padded[real], atol=1e-5, rtol=1e-5)
+    assert hidden[~real].abs().sum() == 0
