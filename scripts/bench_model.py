@@ -6,7 +6,9 @@
    stack, a block is dropped each time the running sum of drop probabilities (1 - p_l) crosses an
    integer (blocks 7, 10 and 12 for L = 12), so it is a typical draw, not a hand-picked one.
    Reported: time ratio PLD / full against the analytic FLOPs ratio of the same two steps.
-2. Forward+backward time per step for the tiny / mini / small presets.
+2. Padding removal: the same model at full depth on a batch with --pad-fraction of padding
+   (default 0.15, as the demo data), padded vs `token_index` (impl.unpad), against the FLOPs ratio.
+3. Forward+backward time per step for the tiny / mini / small presets.
 
 Timings are medians over repetitions, with the two arms interleaved so that load from other
 processes on a shared machine hits both alike. No optimizer step (it does not depend on depth).
@@ -26,7 +28,7 @@ from bertpld import pld
 from bertpld.atomic import atomic_write_json
 from bertpld.config import MODEL_PRESETS, ModelConfig
 from bertpld.flops import step_flops
-from bertpld.model import BertForPreTraining
+from bertpld.model import BertForPreTraining, token_index
 
 
 def systematic_gates(theta: float, num_layers: int) -> list[bool]:
@@ -39,14 +41,22 @@ def systematic_gates(theta: float, num_layers: int) -> list[bool]:
     return gates
 
 
-def make_batch(cfg: ModelConfig, batch: int, seq: int, preds: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(
+    cfg: ModelConfig, batch: int, seq: int, preds: int, seed: int = 0, pad_fraction: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """Random tokens; with `pad_fraction`, sequence lengths uniform in [seq (1 - 2 f), seq], so
+    that the expected share of padding is f, and masked positions only on real tokens."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, cfg.vocab_size, (batch, seq), generator=g)
+    shortest = max(round(seq * (1 - 2 * pad_fraction)), preds + 1)
+    lengths = torch.randint(shortest, seq + 1, (batch,), generator=g)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    positions = (torch.rand(batch, preds, generator=g) * lengths[:, None]).long()
     return dict(
-        input_ids=ids,
+        input_ids=ids * mask,
         token_type_ids=(torch.arange(seq) >= seq // 2).long().expand(batch, -1).clone(),
-        attention_mask=torch.ones_like(ids),
-        mlm_positions=torch.randint(0, seq, (batch, preds), generator=g),
+        attention_mask=mask,
+        mlm_positions=positions,
         mlm_labels=torch.randint(0, cfg.vocab_size, (batch, preds), generator=g),
         nsp_labels=torch.randint(0, 2, (batch,), generator=g),
     )
@@ -61,6 +71,7 @@ def time_step(
     gates: list[bool] | None,
     probs: list[float] | None,
     dtype: str = "fp32",
+    index: torch.Tensor | None = None,
 ) -> float:
     device = batch["input_ids"].device
     model.zero_grad(set_to_none=True)
@@ -70,7 +81,7 @@ def time_step(
     with torch.autocast(
         device.type, dtype=AUTOCAST[dtype] or torch.float32, enabled=AUTOCAST[dtype] is not None
     ):
-        loss = model(**batch, gates=gates, keep_probs=probs).loss
+        loss = model(**batch, gates=gates, keep_probs=probs, token_index=index).loss
     loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -130,6 +141,42 @@ def bench_pld(args: argparse.Namespace) -> dict:
     }
 
 
+def bench_unpad(args: argparse.Namespace) -> dict:
+    cfg = ModelConfig(
+        vocab_size=args.vocab_size,
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_heads=args.hidden // 64,
+        intermediate_size=4 * args.hidden,
+        norm="pre",
+    )
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg, nsp=True).to(args.device).train()
+    cpu_batch = make_batch(cfg, args.batch, args.seq, args.preds, pad_fraction=args.pad_fraction)
+    batch = {k: v.to(args.device) for k, v in cpu_batch.items()}
+    index = token_index(cpu_batch["attention_mask"]).to(args.device)
+    arms = {"padded": None, "unpadded": index}
+    for _ in range(args.warmup):
+        for i in arms.values():
+            time_step(model, batch, None, None, args.dtype, i)
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(args.reps):  # interleaved
+        for name, i in arms.items():
+            times[name].append(time_step(model, batch, None, None, args.dtype, i))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    preds, L = args.batch * args.preds, cfg.num_layers
+    flops_ratio = step_flops(cfg, args.batch, args.seq, L, preds, True, tokens=len(index)) / step_flops(
+        cfg, args.batch, args.seq, L, preds, True
+    )
+    return {
+        "real_token_fraction": len(index) / cpu_batch["attention_mask"].numel(),
+        "median_s": med,
+        "all_s": times,
+        "time_ratio": med["unpadded"] / med["padded"],
+        "flops_ratio": flops_ratio,
+    }
+
+
 def bench_presets(args: argparse.Namespace) -> list[dict]:
     rows = []
     for name in args.presets.split(","):
@@ -165,6 +212,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--breakdown", action="store_true", help="also time zero blocks and unscaled PLD")
+    ap.add_argument(
+        "--pad-fraction", type=float, default=0.15, help="padding share for the unpad arm (0: skip)"
+    )
     ap.add_argument("--presets", default="tiny,mini,small", help="comma-separated presets to time")
     ap.add_argument("--device", default="cpu", help="cpu (the issue's benchmark) or cuda")
     ap.add_argument("--dtype", default="fp32", choices=sorted(AUTOCAST), help="autocast precision")
@@ -197,6 +247,13 @@ def main() -> None:
             f"{100 * r['non_block_flops_share']:.1f}% of its FLOPs), per block {per_block * 1e3:.1f} ms, "
             f"PLD without 1/p scaling {m['pld_unscaled'] * 1e3:.1f} ms"
         )
+    u = bench_unpad(args) if args.pad_fraction > 0 else None
+    if u:
+        m = u["median_s"]
+        print(
+            f"  padding removal ({100 * (1 - u['real_token_fraction']):.0f}% padding): padded {m['padded'] * 1e3:.1f} ms, "
+            f"unpadded {m['unpadded'] * 1e3:.1f} ms; time ratio {u['time_ratio']:.4f}  FLOPs ratio {u['flops_ratio']:.4f}"
+        )
     rows = bench_presets(args) if args.presets else []
     for row in rows:
         print(
@@ -208,6 +265,7 @@ def main() -> None:
             args.json,
             {
                 "pld": r,
+                "unpad": u,
                 "presets": rows,
                 "device": args.device,
                 "dtype": args.dtype,
