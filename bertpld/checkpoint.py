@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from bertpld.atomic import atomic_dir
-from bertpld.config import PretrainConfig, config_from_dict, read_config_json
+from bertpld.config import PretrainConfig, config_from_dict, read_run_config_json
 from bertpld.errors import BertpldError
 
 _STEP_DIR = re.compile(r"^step-(\d{9})$")
@@ -119,7 +119,7 @@ def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
 
 
 def load_run_config(run_dir: str | Path) -> PretrainConfig:
-    return config_from_dict(PretrainConfig, read_config_json(Path(run_dir) / "config.json"))
+    return config_from_dict(PretrainConfig, read_run_config_json(Path(run_dir) / "config.json"))
 
 
 def load_model_state(

@@ -194,7 +194,7 @@ def pretrain(
         load_config,
         parse_set,
         read_config_file,
-        read_config_json,
+        read_run_config_json,
         resolve_config_path,
     )
     from bertpld.train import pretrain as run_pretrain
@@ -206,7 +206,7 @@ def pretrain(
     layers: list[dict[str, Any]] = []
     saved = out / "config.json"
     if resume and saved.is_file():
-        layers.append(read_config_json(saved))
+        layers.append(read_run_config_json(saved))
     if config:
         layers.append(read_config_file(resolve_config_path(config)))
     layers.append(parse_set(set_))

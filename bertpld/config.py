@@ -486,6 +486,19 @@ def read_config_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Pre-training fields newer than some saved runs, with the value those runs effectively had.
+RUN_FIELDS_ADDED = {"impl.unpad": False}
+
+
+def read_run_config_json(path: str | Path) -> dict[str, Any]:
+    """A pre-training run's config.json; fields the run predates get the value it ran with."""
+    saved = read_config_json(path)
+    for key, value in RUN_FIELDS_ADDED.items():
+        section, name = key.split(".")
+        saved.setdefault(section, {}).setdefault(name, value)
+    return saved
+
+
 def config_from_dict(cls: type, data: dict[str, Any]):
     """Rebuild a config saved with `config_to_dict` (e.g. a run's config.json)."""
     return load_config(cls, None, data)

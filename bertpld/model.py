@@ -44,7 +44,11 @@ class PretrainOutput(NamedTuple):
 
 def token_index(attention_mask: Tensor) -> Tensor:
     """Flat positions (in B x T) of the real tokens, for `token_index=`. Compute it on the CPU
-    batch: on a GPU tensor, `nonzero` waits for the device."""
+    batch: on a GPU tensor, `nonzero` waits for the device.
+
+    The unpadded model equals the padded one wherever something reads the hidden states at a real
+    token; padding positions read as zeros. The heads read the MLM positions and [CLS] (position
+    0), which the reader always puts on real tokens (unused MLM slots point at [CLS])."""
     return attention_mask.reshape(-1).nonzero().squeeze(1)
 
 
@@ -91,7 +95,9 @@ class SelfAttention(nn.Module):
         H = x.shape[-1]
         qkv = self.qkv(x)
         if token_index is not None:
-            qkv = qkv.new_zeros(B * T, 3 * H).index_copy(0, token_index, qkv)
+            qkv = torch.zeros(B * T, 3 * H, dtype=qkv.dtype, device=qkv.device).index_copy_(
+                0, token_index, qkv
+            )
         q, k, v = qkv.view(B, T, 3, self.num_heads, H // self.num_heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(
@@ -209,7 +215,8 @@ class BertModel(nn.Module):
         ids, types = (t.reshape(-1)[token_index][None] for t in (input_ids, token_type_ids))
         x = self.embeddings(ids, types, positions=token_index % T)[0]  # (N, H)
         x = self.encoder(x, mask, gates, keep_probs, token_index)
-        return x.new_zeros(B * T, x.shape[-1]).index_copy(0, token_index, x).view(B, T, -1)
+        padded = torch.zeros(B * T, x.shape[-1], dtype=x.dtype, device=x.device)
+        return padded.index_copy_(0, token_index, x).view(B, T, -1)
 
     def pool(self, hidden: Tensor) -> Tensor:
         assert self.pooler is not None, "model built without a pooler"

@@ -44,7 +44,7 @@ from bertpld.config import (
     config_differences,
     config_from_dict,
     config_to_dict,
-    read_config_json,
+    read_run_config_json,
     save_config,
 )
 from bertpld.data.reader import PretrainReader, load_manifest
@@ -415,7 +415,7 @@ def _prepare_run_dir(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bo
     saved = out / "config.json"
     if saved.is_file():
         if resume:
-            old = read_config_json(saved)
+            old = read_run_config_json(saved)
             new = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as lists, as saved
             diff = {k: v for k, v in config_differences(old, new).items() if k not in SPEED_ONLY_ON_RESUME}
             refused = {k: v for k, v in diff.items() if k not in RESUMABLE_CHANGES}
@@ -528,20 +528,23 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _compile_blocks(model: BertForPreTraining) -> None:
+def _compile_blocks(model: BertForPreTraining, backend: str | Any = "inductor") -> None:
     """torch.compile each encoder block on its own.
 
     Compiling blocks rather than the whole model keeps PLD's skipping plain Python control flow
     between compiled pieces, so a new gate pattern never triggers a recompilation. The number of
     real tokens changes every batch with impl.unpad: after the first change it becomes a dynamic
-    dimension (one more compilation, then none). Errors in a backend fall back to eager execution
-    instead of stopping the run.
+    dimension (one more compilation, then none). With or without a PLD scale, training and
+    evaluation, and a short last validation batch, a block's code has up to ~7 compiled versions;
+    the limit is raised above torch's default of 8 so that none falls back to eager. Errors in a
+    backend fall back to eager execution instead of stopping the run.
     """
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     for block in model.bert.encoder.blocks:
-        block.compile()
+        block.compile(backend=backend)
 
 
 def _n_params(model: torch.nn.Module) -> int:

@@ -244,6 +244,11 @@ def test_cuda_matches_cpu_and_counts_flops() -> None:
         out = gpu(**bc, gates=gates, keep_probs=probs)
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(p.grad is None for p in gpu.bert.encoder.blocks[1].parameters())
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # the same bf16 PLD step without the padding
+        unpadded_pld = gpu(
+            **bc, gates=gates, keep_probs=probs, token_index=token_index(b["attention_mask"]).cuda()
+        )
+    torch.testing.assert_close(unpadded_pld.loss.float(), out.loss.float(), atol=2e-2, rtol=2e-2)
     gpu.zero_grad(set_to_none=True)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -272,6 +277,36 @@ def test_compiled_blocks_do_not_recompile_as_theta_moves() -> None:
         model(**b, gates=gates, keep_probs=keep).loss.backward()
     model(**b).loss.backward()
     assert counter.frame_count <= 2  # one graph with a scale tensor, one without
+
+
+def test_compiled_blocks_settle_with_a_varying_real_token_count() -> None:
+    """impl.unpad: N changes every batch; after a few graphs (scale or not, grad or not, dynamic
+    N) the trainer's compiled blocks compile nothing more."""
+    from torch._dynamo.testing import CompileCounter
+
+    from bertpld import pld
+    from bertpld.train import _compile_blocks
+
+    torch._dynamo.reset()
+    model = BertForPreTraining(tiny("pre", layers=3), nsp=True).train()
+    counter = CompileCounter()
+    _compile_blocks(model, backend=counter)
+
+    def step(i: int) -> None:
+        b = batch(seed=i)
+        b["attention_mask"][2, 16 - i % 7 :] = 0  # another number of real tokens each time
+        gates, keep = pld.layer_gates(0.5, 3, "paper", 0, i, 0)
+        index = token_index(b["attention_mask"])
+        model.train()(**b, gates=gates, keep_probs=keep, token_index=index).loss.backward()
+        with torch.no_grad():
+            model.eval()(**b, token_index=index)
+
+    for i in range(1, 6):
+        step(i)
+    settled = counter.frame_count
+    for i in range(6, 14):
+        step(i)
+    assert counter.frame_count == settled <= 8, (settled, counter.frame_count)
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])

@@ -281,3 +281,20 @@ def test_stops_on_time_budget_and_on_target_validation_loss(data: Path, tmp_path
     summary = pretrain(target, tmp_path / "target")
     assert summary["stop_reason"] == "target validation loss 6 reached"
     assert summary["best_val_loss"] <= 6.0 and summary["steps"] < 200 and summary["steps"] % 2 == 0
+
+
+def test_resume_a_run_saved_before_impl_unpad_existed(data: Path, tmp_path: Path) -> None:
+    """Such a run ran padded: --resume keeps it padded instead of refusing a config change."""
+    from typer.testing import CliRunner
+
+    from bertpld.cli import app
+
+    run = tmp_path / "old"
+    pretrain(make_cfg(data, **pld(max_steps=4, save_every=2, eval_every=0), impl={"unpad": False}), run)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["impl"]["unpad"]
+    (run / "config.json").write_text(json.dumps(saved))
+    res = CliRunner().invoke(app, ["pretrain", "--out", str(run), "--resume", "--max-steps", "6"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+    assert json.loads((run / "config.json").read_text())["impl"]["unpad"] is False
