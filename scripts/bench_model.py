@@ -88,7 +88,8 @@ def time_step(
     return time.perf_counter() - t0
 
 
-def bench_pld(args: argparse.Namespace) -> dict:
+def _model(args: argparse.Namespace) -> tuple[ModelConfig, BertForPreTraining]:
+    """The --layers x --hidden Pre-LN BERT (heads of 64), seeded."""
     cfg = ModelConfig(
         vocab_size=args.vocab_size,
         num_layers=args.layers,
@@ -98,7 +99,11 @@ def bench_pld(args: argparse.Namespace) -> dict:
         norm="pre",
     )
     torch.manual_seed(0)
-    model = BertForPreTraining(cfg, nsp=True).to(args.device).train()
+    return cfg, BertForPreTraining(cfg, nsp=True).to(args.device).train()
+
+
+def bench_pld(args: argparse.Namespace) -> dict:
+    cfg, model = _model(args)
     batch = {k: v.to(args.device) for k, v in make_batch(cfg, args.batch, args.seq, args.preds).items()}
     gates = systematic_gates(args.theta, cfg.num_layers)
     probs = pld.keep_probs(args.theta, cfg.num_layers)
@@ -142,16 +147,7 @@ def bench_pld(args: argparse.Namespace) -> dict:
 
 
 def bench_unpad(args: argparse.Namespace) -> dict:
-    cfg = ModelConfig(
-        vocab_size=args.vocab_size,
-        num_layers=args.layers,
-        hidden_size=args.hidden,
-        num_heads=args.hidden // 64,
-        intermediate_size=4 * args.hidden,
-        norm="pre",
-    )
-    torch.manual_seed(0)
-    model = BertForPreTraining(cfg, nsp=True).to(args.device).train()
+    cfg, model = _model(args)
     cpu_batch = make_batch(cfg, args.batch, args.seq, args.preds, pad_fraction=args.pad_fraction)
     batch = {k: v.to(args.device) for k, v in cpu_batch.items()}
     index = token_index(cpu_batch["attention_mask"]).to(args.device)
