@@ -22,7 +22,6 @@ or after it (`off`), and reports the communication time left exposed after backw
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from bertpld import distributed as dist
 from bertpld import pld
+from bertpld.atomic import atomic_write_json
 from bertpld.config import MODEL_PRESETS, ModelConfig, TrainConfig
 from bertpld.flops import peak_flops, step_flops
 from bertpld.model import BertForPreTraining
@@ -169,6 +169,7 @@ def main() -> None:
                     torch.cuda.reset_peak_memory_stats(device)
                 results.append(r)
                 dist.print0(_line(r))
+                _write(args, device, results)  # after every mode: a timeout keeps what was measured
     by = {(r["mode"], r["compiled"], r["overlap"]): r for r in results}
     for (mode, compiled, overlap), r in by.items():
         pre = by.get(("pre", compiled, overlap))
@@ -180,16 +181,19 @@ def main() -> None:
                 else r["step_s_median"] / pre["step_s_median"]
             )
             dist.print0(f"{mode} / pre {what}, {'compiled' if compiled else 'eager'}: {value:.3f}")
+    dist.shutdown()
+
+
+def _write(args: argparse.Namespace, device: torch.device, results: list[dict]) -> None:
+    if not (args.out and dist.is_main()):
+        return
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "args": vars(args),
         "results": results,
     }
-    if args.out and dist.is_main():
-        with open(args.out, "w") as f:
-            json.dump(info, f, indent=2)
-    dist.shutdown()
+    atomic_write_json(args.out, info)
 
 
 def _sync(device: torch.device) -> None:
