@@ -216,7 +216,7 @@ def _pretrain(
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
                     outputs = model(**batch, gates=gates, keep_probs=keep)
-                if micro == accum - 1:
+                if micro == accum - 1 and reducer.distributed:
                     reducer.expect(model.reached_parameters(gates))
                 scaler.scale(outputs.loss / accum).backward()
                 loss_sum += outputs.loss.detach().float()
@@ -275,11 +275,9 @@ def _pretrain(
                 writer.write(row)
             if progress is not None:
                 progress.update(counters, last_loss, theta, row)
-            if log_now and skip_on_device and nonfinite.item():
-                reason = (
-                    f"{int(nonfinite.item())} step(s) with a non-finite gradient were skipped; stopping "
-                    "with the last good state"
-                )
+            skipped = int(nonfinite.item()) if log_now and skip_on_device else 0  # syncs with the log row's
+            if skipped:
+                reason = f"{skipped} step(s) with a non-finite gradient were skipped; stopping with the last good state"
                 break
 
             # --- checkpoint --------------------------------------------------------------------

@@ -216,7 +216,7 @@ def test_validation_is_fixed_and_finite(data):
     v2 = list(_reader(data, split="val", seed=99))
     r = _reader(data, split="val")
     assert len(v1) == len(r) > 0
-    assert len(list(r)) == len(list(r))
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(list(r), list(r)))  # repeatable
     for x, y in zip(v1, v2):
         assert all(torch.equal(x[k], y[k]) for k in x)
     n = r.instances_in_epoch()
@@ -250,3 +250,23 @@ def test_load_manifest_errors(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(BertpldError, match="not a bertpld manifest"):
         load_manifest(tmp_path)
+    good = {
+        "format": "bertpld-shards-v1",
+        "vocab_size": 100,
+        "tokenizer": "tokenizer.json",
+        "tokenizer_sha256": "",
+        "special_tokens": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4},
+        "fingerprint": "",
+        "splits": {"train": {"shards": [{"path": "train/shard-00000.npz", "size": 1, "sha256": "x"}]}},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(good))
+    assert load_manifest(tmp_path)["vocab_size"] == 100
+    broken = [
+        ({"special_tokens": {"[PAD]": 0}}, "special_tokens must map"),
+        ({"splits": {"train": []}}, "splits must map"),
+        ({"splits": {"train": {"shards": [{"path": "a.npz"}]}}}, "every shard must be"),
+    ]
+    for change, message in broken:
+        (tmp_path / "manifest.json").write_text(json.dumps({**good, **change}))
+        with pytest.raises(BertpldError, match=message):
+            load_manifest(tmp_path)

@@ -155,6 +155,13 @@ def test_bookcorpus_rows_grouped_into_documents(tmp_path):
     assert all(d.chars >= BOOK_DOC_CHARS for d in docs[:-1])
 
 
+def test_parquet_text_column_must_hold_strings(tmp_path):
+    p = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"text": [1, 2, 3]}), p)
+    with pytest.raises(BertpldError, match="column 'text' holds int64, expected strings"):
+        _docs(tmp_path, sources=["bookcorpus"], bookcorpus=str(p))
+
+
 def test_bookcorpus_txt_is_a_book_of_blank_line_paragraphs(tmp_path):
     p = tmp_path / "book.txt"
     p.write_text("CHAPTER I.\n\nIt was a dark and\nstormy night. The rain fell.\n\nThe end came.\n")

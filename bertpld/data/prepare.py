@@ -29,15 +29,12 @@ from bertpld import __version__
 from bertpld.atomic import atomic_write_bytes, atomic_write_json
 from bertpld.config import PrepareConfig, config_differences, config_to_dict
 from bertpld.data import text as text_mod
-from bertpld.data.shards import Shard, sha256_file, token_dtype, write_shard
+from bertpld.data.shards import FORMAT, MANIFEST, PROGRESS, Shard, sha256_file, token_dtype, write_shard
 from bertpld.data.sources import Document, SourceStats, iter_documents
 from bertpld.data.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
 from bertpld.errors import BertpldError
 
-FORMAT = "bertpld-shards-v1"
-MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
-PROGRESS = ".prepare-progress.json"
 SPLITS = ("train", "val")
 # Documents are encoded in batches of about this many characters: large enough for tokenizers'
 # parallel batch encoding to pay off, small enough to keep memory flat.

@@ -22,10 +22,9 @@ import torch
 from bertpld.config import DataConfig
 from bertpld.data.instances import Instances, SentenceTable, build_mlm, build_nsp
 from bertpld.data.masking import instance_keys, mask_tokens
-from bertpld.data.shards import open_shard, sha256_file
+from bertpld.data.shards import FORMAT, MANIFEST, PROGRESS, open_shard, sha256_file
 from bertpld.errors import BertpldError
 
-FORMAT = "bertpld-shards-v1"
 # Validation instances and masks use this seed whatever the training seed, so validation loss is
 # comparable across runs, seeds and world sizes.
 VAL_SEED = 0x5EED
@@ -46,14 +45,10 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     d = Path(data_dir)
     if not d.is_dir():
         raise BertpldError(f"{d}: no such data directory (run `bertpld prepare --out {d}`)")
-    p = d / "manifest.json"
+    p = d / MANIFEST
     if not p.is_file():
-        hint = (
-            "prepare was interrupted; rerun it to resume" if (d / ".prepare-progress.json").exists() else ""
-        )
-        raise BertpldError(
-            f"{d}: not a prepared data directory (no manifest.json{'; ' + hint if hint else ''})"
-        )
+        hint = "prepare was interrupted; rerun it to resume" if (d / PROGRESS).exists() else ""
+        raise BertpldError(f"{d}: not a prepared data directory (no {MANIFEST}{'; ' + hint if hint else ''})")
     try:
         manifest = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -62,6 +57,16 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
         raise BertpldError(f"{p}: not a bertpld manifest (expected keys {', '.join(_REQUIRED)})")
     if manifest["format"] != FORMAT:
         raise BertpldError(f"{p}: format {manifest['format']!r}, expected {FORMAT!r}; prepare the data again")
+    special, splits = manifest["special_tokens"], manifest["splits"]
+    if not isinstance(special, dict) or any(t not in special for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")):
+        raise BertpldError(f"{p}: special_tokens must map [PAD], [CLS], [SEP] and [MASK] to ids")
+    if not (isinstance(splits, dict) and all(isinstance(v, dict) for v in splits.values())):
+        raise BertpldError(f"{p}: splits must map each split name to an object")
+    for split in splits.values():
+        if not all(
+            isinstance(r, dict) and {"path", "size", "sha256"} <= r.keys() for r in split.get("shards", [])
+        ):
+            raise BertpldError(f"{p}: every shard must be a {{path, size, sha256}} record")
     return manifest
 
 

@@ -23,6 +23,9 @@ import numpy as np
 from bertpld.atomic import atomic_write_bytes
 from bertpld.errors import BertpldError
 
+FORMAT = "bertpld-shards-v1"  # the prepared directory's layout, checked by the reader
+MANIFEST = "manifest.json"  # written last: its presence means the directory is complete
+PROGRESS = ".prepare-progress.json"  # present while a prepare is unfinished
 MEMBERS = ("tokens", "sentence_offsets", "document_offsets")
 
 

@@ -87,7 +87,7 @@ def iter_documents(section: PrepareSection, stats: SourceStats) -> Iterator[Docu
 def _parts(section: PrepareSection) -> Iterator[tuple[str, Iterable[str]]]:
     for source in section.sources:
         if source == "demo":
-            yield "demo/enwiki-dump", _dump_texts([_demo_file(*DEMO_WIKI)])
+            yield "demo/enwiki-dump", _wiki_files([_demo_file(*DEMO_WIKI)])
             yield "demo/shakespeare", _books_texts(_demo_books())
         elif source == "wikipedia":
             kind, value = resolve_spec("prepare.wikipedia", section.wikipedia)
@@ -179,12 +179,6 @@ def _books_texts(paths: Iterable[Path]) -> Iterator[str]:
         yield from _group_rows(paragraphs_from_blocks(_read_text(p)).split("\n"))
 
 
-def _dump_texts(paths: list[Path]) -> Iterator[str]:
-    for p in paths:
-        for page in iter_dump(p):
-            yield page["text"]
-
-
 def _group_rows(rows: Iterable[str]) -> Iterator[str]:
     """Consecutive rows (sentences or paragraphs) -> documents of about BOOK_DOC_CHARS."""
     buf: list[str] = []
@@ -239,6 +233,7 @@ def _records(p: Path, key: str) -> Iterator[str]:
 
 
 def _parquet_column(p: Path, key: str) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -249,10 +244,16 @@ def _parquet_column(p: Path, key: str) -> Iterator[str]:
         raise BertpldError(f"{p}: no '{key}' column (columns: {', '.join(pf.schema_arrow.names)})")
     if pf.metadata.num_rows == 0:
         raise BertpldError(f"{p}: empty file")
-    for batch in pf.iter_batches(batch_size=4096, columns=[key]):
-        for value in batch.column(0).to_pylist():
-            if value:
-                yield value
+    kind = pf.schema_arrow.field(key).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise BertpldError(f"{p}: column '{key}' holds {kind}, expected strings")
+    try:
+        for batch in pf.iter_batches(batch_size=4096, columns=[key]):
+            for value in batch.column(0).to_pylist():
+                if value:
+                    yield value
+    except (OSError, pa.ArrowException) as e:
+        raise BertpldError(f"{p}: corrupt parquet data ({e})") from None
 
 
 def _hub_texts(name: str, spec: str, group: bool) -> Iterator[str]:

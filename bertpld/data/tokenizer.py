@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
 
@@ -87,14 +86,3 @@ def load_tokenizer(path: str | Path, field: str = "prepare.tokenizer") -> Tokeni
 
 def special_token_ids(tok: Tokenizer) -> dict[str, int]:
     return {t: int(tok.token_to_id(t)) for t in SPECIAL_TOKENS}
-
-
-def special_mask(tok: Tokenizer) -> np.ndarray:
-    """Boolean (vocab_size,) array: True for every token the tokenizer marks as special."""
-    mask = np.zeros(tok.get_vocab_size(), dtype=bool)
-    for t in SPECIAL_TOKENS:
-        mask[tok.token_to_id(t)] = True
-    for i, added in tok.get_added_tokens_decoder().items():
-        if added.special and i < len(mask):
-            mask[i] = True
-    return mask
