@@ -34,14 +34,10 @@ from bertpld.data import tokenizer as data_tokenizer
 from bertpld.device import resolve_device, resolve_precision
 from bertpld.errors import BertpldError
 from bertpld.flops import step_flops
-from bertpld.glue import Split, Task, dev_suffix, load_task, resolve_tasks
+from bertpld.glue import AVERAGE_EXCLUDES, PAPER_ORDER, Split, Task, dev_suffix, load_task, resolve_tasks
 from bertpld.model import BertForSequenceClassification
 from bertpld.optim import param_groups
 
-PAPER_ORDER = ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli", "wnli"]
-"""Column order of the paper's GLUE table (METHOD.md section 5), WNLI appended."""
-AVERAGE_EXCLUDES = ("wnli",)
-"""Left out of the GLUE average, as BERT and the paper do (its dev set is adversarial to fine-tuning)."""
 GRAD_CLIP = 1.0
 """Global gradient-norm clip, as in BERT's original fine-tuning code."""
 ADAM_EPS = 1e-6
@@ -429,12 +425,12 @@ def evaluate(
             batch.pop("labels", None)
             with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
                 _, logits = model(**batch)
-            pieces.append(logits.float().cpu())
+            pieces.append(logits.float())
             flops += step_flops(
                 model.cfg, len(idx), batch["input_ids"].shape[1], model.cfg.num_layers, 0, False,
                 head="classifier", num_labels=task.num_labels, backward=False,
             )  # fmt: skip
-        logits = torch.cat(pieces).numpy()
+        logits = torch.cat(pieces).cpu().numpy()  # one device-to-host copy per split
         pred = np.empty(len(data), dtype=np.float32 if task.is_regression else np.int64)
         pred[order] = logits[:, 0] if task.is_regression else logits.argmax(-1)
         preds[name] = pred
@@ -473,7 +469,7 @@ def _write_submission(path: Path, task: Task, split: Split, pred: np.ndarray) ->
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def task_score(task_name: str, median: dict[str, float]) -> float:
+def task_score(median: dict[str, float]) -> float:
     """One number per task: the mean of its metrics (GLUE's rule for tasks with two), in %."""
     return 100.0 * sum(median.values()) / len(median)
 
@@ -483,7 +479,7 @@ def write_glue_table(
 ) -> dict[str, Any]:
     """finetune/glue.json and glue.md: every task's median metrics and the average."""
     names = [n for n in PAPER_ORDER if n in results] + [n for n in results if n not in PAPER_ORDER]
-    scores = {n: task_score(n, results[n]["median"]) for n in names}
+    scores = {n: task_score(results[n]["median"]) for n in names}
     averaged = [n for n in names if n not in AVERAGE_EXCLUDES]
     average = sum(scores[n] for n in averaged) / len(averaged) if averaged else float("nan")
     glue = {

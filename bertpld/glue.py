@@ -121,6 +121,12 @@ def dev_suffix(split: str) -> str:
     return {"validation_matched": "_m", "validation_mismatched": "_mm"}.get(split, "")
 
 
+PAPER_ORDER = ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli", "wnli"]
+"""Column order of the paper's GLUE table (METHOD.md section 5), WNLI appended."""
+AVERAGE_EXCLUDES = ("wnli",)
+"""Left out of the GLUE average, as BERT and the paper do (its dev set is adversarial to fine-tuning)."""
+
+
 def resolve_tasks(name: str) -> list[Task]:
     """'all' -> every GLUE task; otherwise the one named task. Unknown names list the valid ones."""
     if name == "all":
@@ -239,9 +245,12 @@ def _tsv_file(split: str) -> str:
 def _read_tsv(path: Path) -> Iterator[tuple[int, list[str]]]:
     # QUOTE_NONE: GLUE text contains unbalanced quotes; utf-8-sig drops MRPC's byte-order mark
     with path.open(encoding="utf-8-sig", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if row:
-                yield lineno, row
+        try:
+            for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+                if row:
+                    yield lineno, row
+        except UnicodeDecodeError as e:
+            raise BertpldError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _load_tsv(task: Task, split: str, task_dir: Path) -> Split:
@@ -311,7 +320,10 @@ def _load_hub_files(task: Task, split: str, task_dir: Path) -> Split:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            try:
+                table = pq.read_table(path)
+            except Exception as e:  # pyarrow raises several types for a file that is not parquet
+                raise BertpldError(f"{path}: not a readable parquet file ({e})") from None
             cols, names = table.to_pydict(), _parquet_label_names(table.schema.metadata) or names
         else:
             cols = _read_jsonl(path)
@@ -341,7 +353,13 @@ def _read_jsonl(path: Path) -> dict[str, list]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
-                raise BertpldError(f"{path}:{lineno}: not a JSON object") from None
+                obj = None
+            if not isinstance(obj, dict):
+                raise BertpldError(f"{path}:{lineno}: not a JSON object")
+            if cols and obj.keys() != cols.keys():  # columns must stay aligned row by row
+                raise BertpldError(
+                    f"{path}:{lineno}: keys {sorted(obj)} differ from the first row's {sorted(cols)}"
+                )
             for k, v in obj.items():
                 cols.setdefault(k, []).append(v)
     return cols

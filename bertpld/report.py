@@ -30,6 +30,7 @@ from bertpld import __version__
 from bertpld.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from bertpld.config import config_differences
 from bertpld.errors import BertpldError
+from bertpld.glue import AVERAGE_EXCLUDES, PAPER_ORDER
 from bertpld.report_render import (
     fmt_loss,
     fmt_pct,
@@ -46,8 +47,6 @@ KIND_LABELS = {
     "unknown": "unknown (no config.json)",
 }
 
-# GLUE in the paper's column order; other tasks (e.g. rt-polarity) follow in name order.
-TASK_ORDER = ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli", "wnli"]
 METRIC_ORDER = ["f1", "acc", "pearson", "spearman", "mcc", "acc_m", "acc_mm"]
 GLUE_RULE = (
     "Per metric: median over fine-tuning seeds. Per task: the mean of its metrics, as GLUE scores "
@@ -88,9 +87,6 @@ PAPER: dict[str, Any] = {
         },
     },
 }
-
-# Left out of the average as BERT, the paper and `bertpld finetune`'s glue.md do (adversarial dev set).
-AVERAGE_EXCLUDES = ("wnli",)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,7 +310,8 @@ def glue_scores(result: dict[str, Any]) -> dict[str, Any]:
 
 def _task_sort(task: str) -> tuple[int, str]:
     k = task_key(task)
-    return (TASK_ORDER.index(k) if k in TASK_ORDER else len(TASK_ORDER), k)
+    # GLUE in the paper's column order; other tasks (e.g. rt-polarity) follow in name order.
+    return (PAPER_ORDER.index(k) if k in PAPER_ORDER else len(PAPER_ORDER), k)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

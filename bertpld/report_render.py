@@ -13,17 +13,9 @@ import json
 import re
 from typing import Any
 
-TASK_NAMES = {
-    "rte": "RTE",
-    "mrpc": "MRPC",
-    "stsb": "STS-B",
-    "cola": "CoLA",
-    "sst2": "SST-2",
-    "qnli": "QNLI",
-    "qqp": "QQP",
-    "mnli": "MNLI",
-    "wnli": "WNLI",
-}
+from bertpld.glue import TASKS
+
+TASK_NAMES = {key: task.tsv_dir for key, task in TASKS.items() if task.tsv_dir}  # GLUE's own spelling
 METRIC_NAMES = {
     "f1": "F1",
     "acc": "Acc",

@@ -163,6 +163,9 @@ def test_bad_inputs_are_one_line_errors(glue_dir, tmp_path, monkeypatch):
     _write(glue_dir / "SST-2/train.tsv", [["sentence", "label"], ["fine", 2]])
     with pytest.raises(BertpldError, match=r"train.tsv:2: label '2' is not one of"):
         glue.load_split(glue.TASKS["sst2"], "train", glue_dir)
+    (glue_dir / "SST-2/train.tsv").write_bytes(b"sentence\tlabel\n\xff\xfe bad\t1\n")
+    with pytest.raises(BertpldError, match=r"train.tsv: not UTF-8 text"):
+        glue.load_split(glue.TASKS["sst2"], "train", glue_dir)
     (tmp_path / "empty").mkdir()
     with pytest.raises(BertpldError, match="no CoLA/"):
         glue.load_split(glue.TASKS["cola"], "train", tmp_path / "empty")
@@ -228,6 +231,13 @@ def test_hub_jsonl_layout_string_labels_and_test(tmp_path):
         glue.load_split(glue.TASKS["rte"], "validation", tmp_path)
     (d / "validation.jsonl").write_text(json.dumps({"sentence1": "A", "sentence2": "B", "label": 5}) + "\n")
     with pytest.raises(BertpldError, match="outside the label ids"):
+        glue.load_split(glue.TASKS["rte"], "validation", tmp_path)
+    rows = [{"sentence1": "A", "sentence2": "B", "label": 0}, {"sentence1": "C", "label": 1}]
+    (d / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(BertpldError, match=r"validation.jsonl:2: keys .* differ from the first row"):
+        glue.load_split(glue.TASKS["rte"], "validation", tmp_path)
+    (d / "validation.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(BertpldError, match=r"validation.jsonl:1: not a JSON object"):
         glue.load_split(glue.TASKS["rte"], "validation", tmp_path)
 
 

@@ -246,7 +246,7 @@ def test_report_files(three_runs: dict[str, Path], tmp_path: Path) -> None:
         assert "2.3 TFLOP" in text and "1.739x" in text
         assert "78.0" in text and "71.8" in text
         assert "0.750x (25% fewer)" in text and "38.45 h -&gt; 29.22 h" in text.replace("->", "-&gt;")
-    assert "| MRPC F1/Acc |" in md or "MRPC F1/Acc" in md
+    assert "| MRPC F1/Acc |" in md
     rep = json.loads((out / "report.json").read_text())
     assert rep["runs"][0]["name"] == "post"
     assert not list(out.glob(".*tmp"))  # atomic writes leave no temporaries
