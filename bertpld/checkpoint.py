@@ -122,14 +122,6 @@ def load_run_config(run_dir: str | Path) -> PretrainConfig:
     return config_from_dict(PretrainConfig, read_run_config_json(Path(run_dir) / "config.json"))
 
 
-def load_model_state(
-    run_dir: str | Path, step: int | None = None
-) -> tuple[PretrainConfig, dict[str, torch.Tensor]]:
-    """(the run's resolved config, the model state_dict of checkpoint `step` or the latest)."""
-    cfg = load_run_config(run_dir)
-    return cfg, load_model_weights(find_checkpoint(run_dir, step))
-
-
 # ---------------------------------------------------------------------------------------------
 # RNG state: every generator that shapes the future
 

@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 
 from safetensors.torch import save_file
-from tokenizers import Tokenizer
 
 from bertpld import hf
 from bertpld.atomic import atomic_dir
-from bertpld.checkpoint import find_checkpoint, load_model_state
+from bertpld.checkpoint import find_checkpoint, load_model_weights, load_run_config
+from bertpld.data.tokenizer import load_tokenizer
 from bertpld.errors import BertpldError
 
 SPECIAL = {
@@ -39,17 +39,11 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | None = None) ->
     """Write checkpoint `step` (latest if None) of `run_dir` to `out` atomically; returns the provenance."""
     run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir, step)
-    cfg, state = load_model_state(run_dir, step)
+    cfg, state = load_run_config(run_dir), load_model_weights(ckpt)
     nsp = cfg.data.objective == "mlm+nsp"
     tok_path = run_dir / "tokenizer.json"
-    try:
-        tok = Tokenizer.from_file(str(tok_path))
-    except Exception as e:  # tokenizers raises plain Exception for missing or malformed files
-        raise BertpldError(f"{tok_path}: cannot read the run's tokenizer ({e})") from None
+    tok = load_tokenizer(tok_path, field="run tokenizer")  # BERT's special tokens checked there
     ids = {name: tok.token_to_id(token) for name, token in SPECIAL.items()}
-    missing = [SPECIAL[n] for n, i in ids.items() if i is None]
-    if missing:
-        raise BertpldError(f"{tok_path}: lacks the special tokens {', '.join(missing)}")
     if tok.get_vocab_size() != cfg.model.vocab_size:
         raise BertpldError(
             f"{tok_path}: {tok.get_vocab_size()} tokens, but model.vocab_size is {cfg.model.vocab_size}"

@@ -7,13 +7,14 @@ pyplot's global state or needs a display.
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from bertpld.report import finite_number
 
 # tab10, so that a run keeps its colour in every figure
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -26,21 +27,16 @@ class Curve:
     label: str
     rows: list[dict[str, Any]]
     color: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _series(rows: Sequence[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for r in rows:
-        a, b = r.get(x), r.get(y)
-        if _finite(a) and _finite(b):
-            xs.append(float(a))
-            ys.append(float(b))
+        a, b = finite_number(r.get(x)), finite_number(r.get(y))
+        if a is not None and b is not None:
+            xs.append(a)
+            ys.append(b)
     return xs, ys
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _png(fig: Figure) -> bytes:

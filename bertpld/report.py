@@ -117,26 +117,28 @@ class Run:
 
     @property
     def evals(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if _num(r.get("val_loss")) is not None]
+        return [r for r in self.rows if finite_number(r.get("val_loss")) is not None]
 
     def total(self, key: str) -> float | None:
         """A run total from summary.json, else (incomplete run) from its last metrics row."""
-        if self.summary is not None and _num(self.summary.get(key)) is not None:
+        if self.summary is not None and finite_number(self.summary.get(key)) is not None:
             return float(self.summary[key])
         for r in reversed(self.rows):
-            if _num(r.get(key)) is not None:
+            if finite_number(r.get(key)) is not None:
                 return float(r[key])
         return None
 
     @property
     def final_train_loss(self) -> float | None:
-        if self.summary is not None and _num(self.summary.get("final_train_loss")) is not None:
+        if self.summary is not None and finite_number(self.summary.get("final_train_loss")) is not None:
             return float(self.summary["final_train_loss"])
-        return next((float(r["loss"]) for r in reversed(self.rows) if _num(r.get("loss")) is not None), None)
+        return next(
+            (float(r["loss"]) for r in reversed(self.rows) if finite_number(r.get("loss")) is not None), None
+        )
 
     @property
     def final_val_loss(self) -> float | None:
-        if self.summary is not None and _num(self.summary.get("final_val_loss")) is not None:
+        if self.summary is not None and finite_number(self.summary.get("final_val_loss")) is not None:
             return float(self.summary["final_val_loss"])
         ev = self.evals
         return float(ev[-1]["val_loss"]) if ev else None
@@ -216,7 +218,7 @@ def _read_metrics(path: Path, warnings: list[str], name: str) -> list[dict[str, 
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
-        if not isinstance(row, dict) or _num(row.get("step")) is None:
+        if not isinstance(row, dict) or finite_number(row.get("step")) is None:
             if i == len(lines) - 1:
                 warnings.append(f"{name}: last line of metrics.jsonl is incomplete (run still writing?)")
             else:
@@ -235,7 +237,8 @@ def _read_metrics(path: Path, warnings: list[str], name: str) -> list[dict[str, 
     return rows
 
 
-def _num(v: Any) -> float | None:
+def finite_number(v: Any) -> float | None:
+    """`v` as a float if it is a finite int or float (not a bool), else None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
     return float(v)
@@ -253,19 +256,19 @@ def time_to_target(evals: list[dict[str, Any]], target: float) -> dict[str, Any]
     """
     prev = None
     for r in evals:
-        v = _num(r.get("val_loss"))
+        v = finite_number(r.get("val_loss"))
         if v is None:
             continue
         if v <= target:
             keys = ("step", "samples", "tokens", "flops", "wall_s")
             if prev is None:
-                out = {k: _num(r.get(k)) for k in keys}
+                out = {k: finite_number(r.get(k)) for k in keys}
                 return {**out, "at_first_eval": True}
             pv = float(prev["val_loss"])
             frac = (pv - target) / (pv - v)  # pv > target >= v, so 0 < frac <= 1
             out = {}
             for k in keys:
-                a, b = _num(prev.get(k)), _num(r.get(k))
+                a, b = finite_number(prev.get(k)), finite_number(r.get(k))
                 out[k] = None if a is None or b is None else a + frac * (b - a)
             return {**out, "at_first_eval": False}
         prev = r
@@ -274,7 +277,7 @@ def time_to_target(evals: list[dict[str, Any]], target: float) -> dict[str, Any]
 
 def glue_scores(result: dict[str, Any]) -> dict[str, Any]:
     """One finetune results.json -> medians over seeds (x100), the task score, seed count and spread."""
-    names = result.get("metric_names") or result.get("metrics_names")
+    names = result.get("metric_names")
     seeds = result.get("seeds") or []
     if not names:
         names = list(result.get("median") or (seeds[0].get("metrics", {}) if seeds else {}))
@@ -282,16 +285,14 @@ def glue_scores(result: dict[str, Any]) -> dict[str, Any]:
     medians: dict[str, float | None] = {}
     per_seed: dict[str, list[float]] = {}
     for n in names:
-        vals = [_num((s.get("metrics") or {}).get(n)) for s in seeds]
+        vals = [finite_number((s.get("metrics") or {}).get(n)) for s in seeds]
         vals = [v for v in vals if v is not None]
         per_seed[n] = vals
         if vals:
             medians[n] = statistics.median(vals)
         else:  # no per-seed values: trust the file's own median
-            medians[n] = _num((result.get("median") or {}).get(n))
-    present = [v for v in medians.values() if v is not None]
-    # metrics.py returns fractions; a file already in percent is left as it is
-    scale = 1.0 if any(abs(v) > 1.0 for v in present) else 100.0
+            medians[n] = finite_number((result.get("median") or {}).get(n))
+    scale = 100.0  # bertpld.metrics returns fractions; the report shows percent
     medians = {n: (None if v is None else v * scale) for n, v in medians.items()}
     good = [v for v in medians.values() if v is not None]
     main = result.get("main_metric")
@@ -303,8 +304,8 @@ def glue_scores(result: dict[str, Any]) -> dict[str, Any]:
         "main_metric": main,
         "main_min": min(main_vals) if main_vals else None,
         "main_max": max(main_vals) if main_vals else None,
-        "wall_s": _num(result.get("wall_s")),
-        "flops": _num(result.get("flops")),
+        "wall_s": finite_number(result.get("wall_s")),
+        "flops": finite_number(result.get("flops")),
     }
 
 
@@ -402,9 +403,9 @@ def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | N
     for r in runs:
         tot = {k: r.total(k) for k in ("samples", "tokens", "flops", "wall_s", "steps")}
         if tot["steps"] is None and r.rows:
-            tot["steps"] = _num(r.rows[-1].get("step"))
-        tps = [v for v in (_num(x.get("tokens_per_s")) for x in r.rows) if v is not None]
-        mfu = [v for v in (_num(x.get("mfu")) for x in r.rows) if v is not None]
+            tot["steps"] = finite_number(r.rows[-1].get("step"))
+        tps = [v for v in (finite_number(x.get("tokens_per_s")) for x in r.rows) if v is not None]
+        mfu = [v for v in (finite_number(x.get("mfu")) for x in r.rows) if v is not None]
         entry: dict[str, Any] = {
             "name": r.name,
             "path": str(r.path),
