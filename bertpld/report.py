@@ -162,7 +162,7 @@ def load_run(path: str | Path) -> Run:
         raise BertpldError(f"{p}: not a run directory (it has neither config.json nor metrics.jsonl)")
     warnings: list[str] = []
     name = p.resolve().name
-    config = _read_json(p / "config.json", warnings, name)
+    config = _read_json(p / "config.json", warnings, name, objects=("model", "data", "train", "pld", "impl"))
     env = _read_json(p / "env.json", warnings, name) or {}
     data = _read_json(p / "data.json", warnings, name)
     rows = _read_metrics(p / "metrics.jsonl", warnings, name)
@@ -176,13 +176,17 @@ def load_run(path: str | Path) -> Run:
         )
     finetune: dict[str, dict[str, Any]] = {}
     for f in sorted((p / "finetune").glob("*/results.json")):
-        res = _read_json(f, warnings, name)
+        res = _read_json(f, warnings, name, objects=("median",), records=("seeds",))
         if res is not None:
             finetune[str(res.get("task") or f.parent.name)] = res
     return Run(p, name, config, env, data, rows, summary, finetune, warnings)
 
 
-def _read_json(path: Path, warnings: list[str], name: str) -> dict[str, Any] | None:
+def _read_json(
+    path: Path, warnings: list[str], name: str, objects: tuple[str, ...] = (), records: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None with a warning. Keys in `objects` must hold objects,
+    keys in `records` lists of objects, where present."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -194,7 +198,16 @@ def _read_json(path: Path, warnings: list[str], name: str) -> dict[str, Any] | N
     if not isinstance(obj, dict):
         warnings.append(f"{name}: {path} is not a JSON object; ignored")
         return None
+    bad = [k for k in objects if k in obj and not isinstance(obj[k], dict)]
+    bad += [k for k in records if k in obj and not all(isinstance(x, dict) for x in _list(obj[k]))]
+    if bad:
+        warnings.append(f"{name}: {path}: '{bad[0]}' does not have the shape bertpld writes; ignored")
+        return None
     return obj
+
+
+def _list(v: Any) -> list:
+    return v if isinstance(v, list) else [None]
 
 
 def _read_metrics(path: Path, warnings: list[str], name: str) -> list[dict[str, Any]]:

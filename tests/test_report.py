@@ -354,6 +354,16 @@ def test_missing_files_are_warned(tmp_path: Path, three_runs: dict[str, Path]) -
     assert _by_name(rep)["pld"]["ratios"]["flops"] == pytest.approx(0.75)
 
 
+def test_misshapen_files_are_warned_not_tracebacks(tmp_path: Path, three_runs: dict[str, Path]) -> None:
+    results = next((three_runs["pld"] / "finetune").glob("*/results.json"))
+    results.write_text(json.dumps({"task": "rte", "seeds": [1], "median": 5}))
+    config = json.loads((three_runs["pre"] / "config.json").read_text())
+    (three_runs["pre"] / "config.json").write_text(json.dumps({**config, "model": "x"}))
+    rep = write_report(list(three_runs.values()), tmp_path / "rep").report
+    shape = [w for w in rep["warnings"] if "does not have the shape bertpld writes" in w]
+    assert len(shape) == 2, rep["warnings"]
+
+
 def test_help_is_plain() -> None:
     r = CliRunner().invoke(app, ["report", "--help"])
     assert r.exit_code == 0
