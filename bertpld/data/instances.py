@@ -30,8 +30,7 @@ class SentenceTable:
     shard: np.ndarray  # (S,) int32
     doc_start: np.ndarray  # (S,) int64 first sentence of the sentence's document
     doc_end: np.ndarray  # (S,) int64 one past its last sentence
-    shard_start: np.ndarray  # (S,) int64 first sentence of the sentence's shard
-    shard_end: np.ndarray  # (S,) int64
+    shard_bounds: np.ndarray  # (shards + 1,) int64 first sentence of each shard, then S
 
     def __post_init__(self) -> None:
         self.cum = np.concatenate([[0], np.cumsum(self.length)])  # global token prefix sums
@@ -104,7 +103,7 @@ def build_nsp(
     la = t.cum[a_end] - t.cum[s]
 
     # random B: a sentence of another document of the same shard (any document if the shard has one)
-    lo, hi = t.shard_start[s], t.shard_end[s]
+    lo, hi = t.shard_bounds[t.shard[s]], t.shard_bounds[t.shard[s] + 1]
     d_lo, d_hi = t.doc_start[s], t.doc_end[s]
     others = (hi - lo) - (d_hi - d_lo)
     alone = others <= 0

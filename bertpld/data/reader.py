@@ -149,8 +149,10 @@ class PretrainReader:
     # Loading
 
     def _open(self, recs: list[dict[str, Any]]) -> SentenceTable:
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in SentenceTable.__dataclass_fields__}
-        base = 0
+        cols: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("start", "length", "shard", "doc_start", "doc_end")
+        }
+        bounds = [0]
         for i, rec in enumerate(recs):
             path = self.data_dir / rec["path"]
             verify_shard(path, int(rec["size"]), rec["sha256"])
@@ -164,14 +166,13 @@ class PretrainReader:
             cols["start"].append(so[:-1])
             cols["length"].append(np.diff(so))
             cols["shard"].append(np.full(n, i, dtype=np.int32))
-            cols["doc_start"].append(base + np.repeat(do[:-1], doc_len))
-            cols["doc_end"].append(base + np.repeat(do[1:], doc_len))
-            cols["shard_start"].append(np.full(n, base, dtype=np.int64))
-            cols["shard_end"].append(np.full(n, base + n, dtype=np.int64))
-            base += n
-        if base == 0:
+            cols["doc_start"].append(bounds[-1] + np.repeat(do[:-1], doc_len))
+            cols["doc_end"].append(bounds[-1] + np.repeat(do[1:], doc_len))
+            bounds.append(bounds[-1] + n)
+        if bounds[-1] == 0:
             raise BertpldError(f"{self.data_dir}: split '{self.split}' has no sentences")
-        return SentenceTable(**{k: np.concatenate(v) for k, v in cols.items()})
+        columns = {k: np.concatenate(v) for k, v in cols.items()}
+        return SentenceTable(**columns, shard_bounds=np.asarray(bounds, dtype=np.int64))
 
     def _instances(self, seed: int, epoch: int) -> Instances:
         if not self.nsp:  # packing is deterministic; only the order changes per epoch
