@@ -114,7 +114,7 @@ def prepare(
         if not sample:
             raise _no_documents(stats, sec.min_doc_chars)
         with console.status(f"training WordPiece (vocab {sec.vocab_size:,}) on {chars:,} characters"):
-            tok = train_tokenizer(("\n".join(d.sentences) for d in sample), sec.vocab_size)
+            tok = train_tokenizer((d.text for d in sample), sec.vocab_size)
         atomic_write_bytes(tok_path, tok.to_str(pretty=True).encode())
         docs = chain(sample, docs)  # the sample is encoded like every other document
     tok_sha = sha256_file(tok_path)
@@ -273,7 +273,7 @@ def _write_progress(out: Path, config: dict[str, Any], tok_sha: str, splits: dic
 def _is_val(doc: Document, key: bytes, fraction: float) -> bool:
     if fraction <= 0:
         return False
-    h = hashlib.blake2b("\n".join(doc.sentences).encode(), digest_size=8, key=key)
+    h = hashlib.blake2b(doc.text.encode(), digest_size=8, key=key)
     return int.from_bytes(h.digest(), "little") < fraction * 2.0**64
 
 
@@ -319,7 +319,7 @@ _LITERAL_SPECIAL = re.compile(r"\[(PAD|UNK|CLS|SEP|MASK)\]")
 
 
 def _marked(doc: Document) -> str:
-    text = "\n".join(doc.sentences)
+    text = doc.text
     if "[" in text:
         text = _LITERAL_SPECIAL.sub(r"[ \1]", text)
     return text.replace("\n", " [SEP] ")

@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from bertpld.config import PrepareSection
@@ -58,6 +59,11 @@ class Document:
     part: str
     sentences: list[str]
     chars: int
+
+    @cached_property
+    def text(self) -> str:
+        """The sentences, one per line (hashed for the split, sampled for the tokenizer, encoded)."""
+        return "\n".join(self.sentences)
 
 
 @dataclass
