@@ -162,11 +162,15 @@ def pretrain(
     norm: Annotated[str | None, typer.Option(help="Block arrangement: post (BERT) or pre (Pre-LN).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     max_samples: Annotated[int | None, typer.Option(help="Stop after this many sequences.")] = None,
+    max_flops: Annotated[
+        float | None,
+        typer.Option(help="Stop when the executed FLOPs reach this (e.g. 2e15); the lr schedule spans it."),
+    ] = None,
     time_budget: Annotated[
         str | None, typer.Option(help="Stop after this much training time: seconds, or 90m, 2h.")
     ] = None,
     target_val_loss: Annotated[
-        float | None, typer.Option(help="Stop when validation loss reaches this.")
+        float | None, typer.Option(help="Stop when the validation MLM loss reaches this.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for init, data, masking, dropout and gates.")] = None,
     eval_every: Annotated[
@@ -183,7 +187,7 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
     set_: SetOpt = None,
 ) -> None:
-    """Pre-train BERT (MLM + NSP) on prepared data, with or without PLD.
+    """Pre-train BERT (MLM, with or without NSP) on prepared data, with or without PLD.
 
     Example: bertpld pretrain --config demo --data data/demo --out runs/pld --pld
 
@@ -218,6 +222,7 @@ def pretrain(
             "train",
             max_steps=max_steps,
             max_samples=max_samples,
+            max_flops=max_flops,
             time_budget=_parse_duration(time_budget),
             target_val_loss=target_val_loss,
             seed=seed,

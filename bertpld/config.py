@@ -80,6 +80,9 @@ class ModelConfig:
     """LayerNorm epsilon."""
     initializer_range: float = 0.02
     """Standard deviation of the normal weight initialisation."""
+    position_init: str = "normal"
+    """Initial position embeddings: 'normal' (BERT) or 'sinusoidal' (the Transformer's sines and
+    cosines, root-mean-square initializer_range; still learned, the architecture is unchanged)."""
     norm: str = "post"
     """Block arrangement: 'post' (original BERT) or 'pre' (Pre-LN, required by PLD)."""
 
@@ -105,6 +108,7 @@ class ModelConfig:
         _positive("model.layer_norm_eps", self.layer_norm_eps)
         _positive("model.initializer_range", self.initializer_range)
         _choice("model.norm", self.norm, ("post", "pre"))
+        _choice("model.position_init", self.position_init, ("normal", "sinusoidal"))
 
     @property
     def padded_vocab_size(self) -> int:
@@ -140,9 +144,12 @@ class DataConfig:
     max_seq_len: int = 128
     """Tokens per training sequence, [CLS] and [SEP] included."""
     mask_prob: float = 0.15
-    """Fraction of non-special tokens chosen for masked-LM prediction."""
+    """Fraction of non-special tokens chosen for masked-LM prediction in training."""
     max_predictions: int = 0
-    """Masked positions per sequence (0: ceil(max_seq_len * mask_prob))."""
+    """Masked positions per training sequence (0: ceil(max_seq_len * mask_prob))."""
+    val_mask_prob: float = 0.15
+    """Fraction masked in the validation split (BERT's 15% whatever mask_prob is, so that the
+    validation MLM loss of runs trained with different masking rates compares)."""
     short_seq_prob: float = 0.1
     """Probability of a shorter target length for a sentence pair (as in original BERT)."""
 
@@ -151,13 +158,20 @@ class DataConfig:
         if self.max_seq_len < 8:
             _fail("data.max_seq_len", self.max_seq_len, "an integer >= 8")
         _unit("data.mask_prob", self.mask_prob, closed_left=False, closed_right=False)
+        _unit("data.val_mask_prob", self.val_mask_prob, closed_left=False, closed_right=False)
         if self.max_predictions < 0:
             _fail("data.max_predictions", self.max_predictions, "an integer >= 0")
         _unit("data.short_seq_prob", self.short_seq_prob)
 
     @property
     def predictions_per_seq(self) -> int:
+        """MLM slots per training sequence."""
         return self.max_predictions or math.ceil(self.max_seq_len * self.mask_prob)
+
+    @property
+    def val_predictions_per_seq(self) -> int:
+        """MLM slots per validation sequence."""
+        return math.ceil(self.max_seq_len * self.val_mask_prob)
 
 
 @dataclass
@@ -172,8 +186,11 @@ class TrainConfig:
     """Stop after this many training sequences (0: no limit from samples)."""
     time_budget: float = 0.0
     """Stop after this many seconds of training wall-clock (0: no budget)."""
+    max_flops: float = 0.0
+    """Stop when the executed FLOPs (all ranks) reach this (0: no limit); the lr schedule and PLD's
+    gamma rule then span the steps the budget is expected to take (PLD's expected blocks per step)."""
     target_val_loss: float = 0.0
-    """Stop when validation loss falls to this value (0: no target)."""
+    """Stop when the validation MLM loss falls to this value (0: no target)."""
     optimizer: str = "adamw"
     """'adamw' or 'lamb'."""
     lr: float = 1e-4
@@ -191,7 +208,7 @@ class TrainConfig:
     warmup: float = 0.02
     """Warmup length: a fraction of total steps if < 1, else a number of steps."""
     total_steps: int = 0
-    """Steps the lr schedule and the PLD gamma rule span (0: derived from max_steps/max_samples)."""
+    """Steps the lr schedule and the PLD gamma rule span (0: derived from max_steps/max_samples/max_flops)."""
     eval_every: int = 100
     """Compute validation loss every this many steps (and at the end; 0: only at the end)."""
     eval_batches: int = 20
@@ -209,7 +226,7 @@ class TrainConfig:
         for name in ("max_steps", "max_samples", "total_steps", "eval_every", "save_every"):
             if getattr(self, name) < 0:
                 _fail(f"train.{name}", getattr(self, name), "an integer >= 0")
-        for name in ("time_budget", "target_val_loss", "weight_decay", "grad_clip", "warmup"):
+        for name in ("max_flops", "time_budget", "target_val_loss", "weight_decay", "grad_clip", "warmup"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 _fail(f"train.{name}", v, "a finite number >= 0")
@@ -230,7 +247,8 @@ class ImplConfig:
     device: str = "auto"
     """'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'."""
     precision: str = "auto"
-    """'auto' (bf16 on GPU, fp32 on CPU), 'fp32', 'bf16' (autocast) or 'fp16' (autocast + grad scaler)."""
+    """'auto' (bf16 on GPU and on CPUs with native bf16 matmuls, AMX or AVX512-BF16; else fp32),
+    'fp32', 'bf16' (autocast) or 'fp16' (autocast + grad scaler, GPU only)."""
     micro_batch_size: int = 32
     """Sequences per forward/backward on one rank; accumulation makes up the global batch."""
     unpad: bool = True
@@ -486,8 +504,14 @@ def read_config_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# Pre-training fields newer than some saved runs, with the value those runs effectively had.
-RUN_FIELDS_ADDED = {"impl.unpad": False}
+# Pre-training fields newer than some saved runs, with the value those runs effectively had
+# (a function of the saved config).
+RUN_FIELDS_ADDED: dict[str, Any] = {
+    "impl.unpad": lambda saved: False,
+    "model.position_init": lambda saved: "normal",
+    "train.max_flops": lambda saved: 0.0,
+    "data.val_mask_prob": lambda saved: saved.get("data", {}).get("mask_prob", 0.15),
+}
 
 
 def read_run_config_json(path: str | Path) -> dict[str, Any]:
@@ -495,7 +519,8 @@ def read_run_config_json(path: str | Path) -> dict[str, Any]:
     saved = read_config_json(path)
     for key, value in RUN_FIELDS_ADDED.items():
         section, name = key.split(".")
-        saved.setdefault(section, {}).setdefault(name, value)
+        if name not in saved.get(section, {}):
+            saved.setdefault(section, {})[name] = value(saved)
     return saved
 
 

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from bertpld import distributed as dist
 from bertpld.errors import BertpldError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision(NamedTuple):
+    """The autocast dtype a run computes in, and why it was chosen (for the run header and env.json)."""
+
+    dtype: torch.dtype
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return next(k for k, v in DTYPES.items() if v == self.dtype)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,10 +37,36 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """impl.precision -> the autocast dtype ('auto': bf16 on GPU, fp32 on CPU)."""
+def cpu_bf16_support() -> str:
+    """The native bf16 matmul instructions of this CPU ('AMX', 'AVX512-BF16'), or '' if none.
+
+    Asked of torch itself (the same queries its own kernels and inductor use); on CPUs other than
+    x86, where torch has no such query, the answer is '' and runs stay in fp32. bf16 without
+    hardware support is emulated and slower than fp32.
+    """
+    cpu = torch.cpu
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "AVX512-BF16"
+    return ""
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """impl.precision -> the autocast dtype, with the reason.
+
+    'auto': bf16 on a GPU; on a CPU bf16 where it has native bf16 matmuls (AMX or AVX512-BF16),
+    fp32 elsewhere. An explicit 'fp32', 'bf16' or 'fp16' is taken as asked (fp16 only on CUDA).
+    """
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return Precision(torch.bfloat16, "auto: bf16 on GPU")
+        native = cpu_bf16_support()
+        if native:
+            return Precision(torch.bfloat16, f"auto: this CPU has native bf16 matmuls ({native})")
+        return Precision(torch.float32, "auto: this CPU has no native bf16 matmuls (no AMX or AVX512-BF16)")
     if name == "fp16" and device.type != "cuda":
         raise BertpldError("impl.precision: fp16 needs a CUDA device; use fp32 or bf16 on CPU")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    if name not in DTYPES:
+        raise BertpldError(f"impl.precision: got {name!r}, expected auto, fp32, bf16 or fp16")
+    return Precision(DTYPES[name], f"impl.precision={name}")

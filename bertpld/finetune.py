@@ -31,7 +31,7 @@ from bertpld.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from bertpld.checkpoint import find_checkpoint, load_model_weights, load_run_config
 from bertpld.config import FinetuneConfig, ModelConfig, PretrainConfig, config_to_dict
 from bertpld.data import tokenizer as data_tokenizer
-from bertpld.device import resolve_device, resolve_precision
+from bertpld.device import Precision, resolve_device, resolve_precision
 from bertpld.errors import BertpldError
 from bertpld.flops import step_flops
 from bertpld.glue import AVERAGE_EXCLUDES, PAPER_ORDER, Split, Task, dev_suffix, load_task, resolve_tasks
@@ -62,7 +62,8 @@ def finetune(
     if cfg.impl.threads:
         torch.set_num_threads(cfg.impl.threads)
     device = resolve_device(cfg.impl.device)
-    precision = resolve_precision(cfg.impl.precision, device)
+    prec = resolve_precision(cfg.impl.precision, device)
+    precision = prec.dtype
 
     # Everything the user could have got wrong is checked here, before any training or writing.
     ckpt = find_checkpoint(run_dir, checkpoint)
@@ -95,7 +96,7 @@ def finetune(
     }
     log(
         f"finetune: {ckpt} ({pcfg.model.num_layers} layers x {pcfg.model.hidden_size}, norm={pcfg.model.norm}) "
-        f"on {device.type} {str(precision).removeprefix('torch.')}, tasks: {', '.join(t.name for t in tasks)}"
+        f"on {device.type} {prec.name} ({prec.reason}), tasks: {', '.join(t.name for t in tasks)}"
     )
     results = {}
     for task in tasks:
@@ -275,7 +276,12 @@ def run_task(
             "task": task.name,
             "config": {
                 **config_to_dict(cfg),
-                "resolved": {"lr": lr, "total_steps": total_steps, "train_examples": len(train)},
+                "resolved": {
+                    "lr": lr,
+                    "total_steps": total_steps,
+                    "train_examples": len(train),
+                    "precision": Precision(precision, "").name,
+                },
                 "pretrained": source,
             },
             "metric_names": task.metric_names,

@@ -20,13 +20,21 @@ from bertpld.report import finite_number
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
+LINESTYLES = ["-", "--", ":", "-."]
+
+
 @dataclass
 class Curve:
-    """One run as the plots need it: its label and its metrics.jsonl rows."""
+    """One run as the plots need it: its label, its metrics.jsonl rows, which losses to draw and
+    its arm (the seeds of one arm share a colour and differ in line style)."""
 
     label: str
     rows: list[dict[str, Any]]
     color: str = ""
+    train_key: str = "loss"
+    val_key: str = "val_loss"
+    arm: str = ""
+    linestyle: str = "-"
 
 
 def _series(rows: Sequence[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
@@ -61,21 +69,28 @@ X_AXES = {
 }
 
 
-def loss_figure(curves: Sequence[Curve], x: str, target: float | None) -> bytes:
-    """Train loss (left) and validation loss (right) against samples, wall-clock or FLOPs."""
+def loss_figure(
+    curves: Sequence[Curve], x: str, target: float | None, unigram: float | None = None, mlm: bool = True
+) -> bytes:
+    """Train loss (left) and validation loss (right) against samples, wall-clock or FLOPs; the
+    unigram line (word frequencies alone) on both when the losses are MLM losses."""
     key, xlabel = X_AXES[x]
     fig, (ax_t, ax_v) = _new(2)
     for c in curves:
-        xs, ys = _series(c.rows, key, "loss")
+        xs, ys = _series(c.rows, key, c.train_key)
         if xs:
-            ax_t.plot(xs, ys, color=c.color, lw=1.2, label=c.label)
-        xs, ys = _series(c.rows, key, "val_loss")
+            ax_t.plot(xs, ys, color=c.color, ls=c.linestyle, lw=1.2, label=c.label)
+        xs, ys = _series(c.rows, key, c.val_key)
         if xs:
-            ax_v.plot(xs, ys, color=c.color, lw=1.5, marker="o", ms=3, label=c.label)
+            ax_v.plot(xs, ys, color=c.color, ls=c.linestyle, lw=1.5, marker="o", ms=3, label=c.label)
     if target is not None:
         ax_v.axhline(target, color="black", ls="--", lw=1, label="target: baseline's final val loss")
-    ax_t.set_title("training loss")
-    ax_v.set_title("validation loss")
+    if unigram is not None and mlm:
+        for ax in (ax_t, ax_v):
+            ax.axhline(unigram, color="grey", ls=":", lw=1.5, label=f"unigram line ({unigram:.2f})")
+    what = "MLM loss" if mlm else "loss"
+    ax_t.set_title(f"training {what}")
+    ax_v.set_title(f"validation {what}")
     for ax in (ax_t, ax_v):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("loss")
@@ -123,14 +138,32 @@ def throughput_figure(curves: Sequence[Curve]) -> bytes:
     return _png(fig)
 
 
-def all_figures(curves: Sequence[Curve], target: float | None) -> dict[str, tuple[bytes, str]]:
+def all_figures(
+    curves: Sequence[Curve], target: float | None, unigram: float | None = None, mlm: bool = True
+) -> dict[str, tuple[bytes, str]]:
     """File name -> (PNG bytes, caption), in the order the report shows them."""
-    for i, c in enumerate(curves):
+    arms: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for c in curves:
+        arm = c.arm or c.label
+        i = arms.setdefault(arm, len(arms))
         c.color = c.color or COLORS[i % len(COLORS)]
+        c.linestyle = LINESTYLES[seen.get(arm, 0) % len(LINESTYLES)]
+        seen[arm] = seen.get(arm, 0) + 1
+    line = "" if unigram is None or not mlm else "; dotted grey: the unigram line"
     return {
-        "loss_vs_samples.png": (loss_figure(curves, "samples", target), "Loss against training samples"),
-        "loss_vs_wall.png": (loss_figure(curves, "wall", target), "Loss against training wall-clock"),
-        "loss_vs_flops.png": (loss_figure(curves, "flops", target), "Loss against executed FLOPs"),
+        "loss_vs_samples.png": (
+            loss_figure(curves, "samples", target, unigram, mlm),
+            f"Loss against training samples{line}",
+        ),
+        "loss_vs_wall.png": (
+            loss_figure(curves, "wall", target, unigram, mlm),
+            f"Loss against training wall-clock{line}",
+        ),
+        "loss_vs_flops.png": (
+            loss_figure(curves, "flops", target, unigram, mlm),
+            f"Loss against executed FLOPs{line}",
+        ),
         "pld_schedule.png": (pld_figure(curves), "PLD schedule as executed: theta(t) and blocks per step"),
         "throughput.png": (throughput_figure(curves), "Training throughput over time"),
     }

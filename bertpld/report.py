@@ -29,6 +29,8 @@ from typing import Any
 from bertpld import __version__
 from bertpld.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from bertpld.config import config_differences
+from bertpld.data import unigram
+from bertpld.data.reader import load_manifest
 from bertpld.errors import BertpldError
 from bertpld.glue import AVERAGE_EXCLUDES, PAPER_ORDER
 from bertpld.report_render import (
@@ -106,6 +108,8 @@ class Run:
     summary: dict[str, Any] | None
     finetune: dict[str, dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
+    unigram: float | None = None
+    """The data's unigram line (bertpld.data.unigram): the MLM loss of a model that ignores context."""
 
     @property
     def kind(self) -> str:
@@ -116,8 +120,24 @@ class Run:
         return self.summary is not None
 
     @property
-    def evals(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if finite_number(r.get("val_loss")) is not None]
+    def mlm_key(self) -> str | None:
+        """The metrics key of the validation MLM loss: `val_mlm_loss`; for an MLM-only run written
+        before losses were logged apart, `val_loss` (the same number); None for an older MLM+NSP run."""
+        if any("val_mlm_loss" in r for r in self.rows):
+            return "val_mlm_loss"
+        objective = ((self.config or {}).get("data") or {}).get("objective")
+        return "val_loss" if objective == "mlm" else None
+
+    def evals(self, key: str = "val_loss") -> list[dict[str, Any]]:
+        """The metrics rows that hold `key` (evaluation steps)."""
+        return [r for r in self.rows if finite_number(r.get(key)) is not None]
+
+    def final(self, key: str) -> float | None:
+        """The final value of a validation metric: summary.json's final_KEY, else its last row."""
+        if self.summary is not None and finite_number(self.summary.get(f"final_{key}")) is not None:
+            return float(self.summary[f"final_{key}"])
+        ev = self.evals(key)
+        return float(ev[-1][key]) if ev else None
 
     def total(self, key: str) -> float | None:
         """A run total from summary.json, else (incomplete run) from its last metrics row."""
@@ -138,10 +158,7 @@ class Run:
 
     @property
     def final_val_loss(self) -> float | None:
-        if self.summary is not None and finite_number(self.summary.get("final_val_loss")) is not None:
-            return float(self.summary["final_val_loss"])
-        ev = self.evals
-        return float(ev[-1]["val_loss"]) if ev else None
+        return self.final("val_loss")
 
 
 def run_kind(config: dict[str, Any]) -> str:
@@ -179,7 +196,22 @@ def load_run(path: str | Path) -> Run:
         res = _read_json(f, warnings, name, objects=("median",), records=("seeds",))
         if res is not None:
             finetune[str(res.get("task") or f.parent.name)] = res
-    return Run(p, name, config, env, data, rows, summary, finetune, warnings)
+    return Run(p, name, config, env, data, rows, summary, finetune, warnings, _unigram(data, warnings, name))
+
+
+def _unigram(data: dict[str, Any] | None, warnings: list[str], name: str) -> float | None:
+    """The unigram line from data.json, or (runs written before it was recorded) from the data."""
+    if data is None:
+        return None
+    value = finite_number(data.get(unigram.MANIFEST_KEY))
+    if value is not None:
+        return value
+    path = data.get("path")
+    try:
+        return unigram.val_unigram_ce(path, load_manifest(path))
+    except (BertpldError, OSError, KeyError, TypeError, ValueError) as e:
+        warnings.append(f"{name}: unigram line unknown (data.json has none, and {path} gives none: {e})")
+        return None
 
 
 def _read_json(
@@ -261,15 +293,17 @@ def finite_number(v: Any) -> float | None:
 # The numbers
 
 
-def time_to_target(evals: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
-    """Where validation loss first reached `target` (<=), interpolated linearly between evaluations.
+def time_to_target(
+    evals: list[dict[str, Any]], target: float, key: str = "val_loss"
+) -> dict[str, Any] | None:
+    """Where validation loss `key` first reached `target` (<=), interpolated linearly between evaluations.
 
     Returns {step, samples, tokens, flops, wall_s, at_first_eval} or None when it never did.
     At the first evaluation there is no earlier point to interpolate from: its values are used.
     """
     prev = None
     for r in evals:
-        v = finite_number(r.get("val_loss"))
+        v = finite_number(r.get(key))
         if v is None:
             continue
         if v <= target:
@@ -277,7 +311,7 @@ def time_to_target(evals: list[dict[str, Any]], target: float) -> dict[str, Any]
             if prev is None:
                 out = {k: finite_number(r.get(k)) for k in keys}
                 return {**out, "at_first_eval": True}
-            pv = float(prev["val_loss"])
+            pv = float(prev[key])
             frac = (pv - target) / (pv - v)  # pv > target >= v, so 0 < frac <= 1
             out = {}
             for k in keys:
@@ -394,6 +428,79 @@ def _hardware_warnings(runs: list[Run]) -> list[str]:
     return out
 
 
+# Near the unigram line a run has learned word frequencies, not language (bertpld.data.unigram).
+UNIGRAM_MARGIN = 0.2
+# Config fields that do not change what a run computes: runs that differ only in these (and in
+# the seed) are seeds of one arm.
+_NOT_ARM = ("train.seed", "train.eval_every", "train.save_every", "train.keep_checkpoints", "train.log_every")
+
+
+def _loss_metric(runs: list[Run]) -> tuple[dict[str, str], str, list[str]]:
+    """Which validation loss the runs are compared on: the MLM loss when every run logged it,
+    else (runs written before the losses were logged apart) the total, with a warning."""
+    old = [r.name for r in runs if r.mlm_key is None and r.evals("val_loss")]
+    if not old:
+        return {r.name: r.mlm_key or "val_mlm_loss" for r in runs}, "validation MLM loss", []
+    note = (
+        f"{', '.join(old)} predate(s) separate MLM and NSP losses: every run is compared on the total "
+        "validation loss (MLM + NSP), where NSP at chance adds noise; rerun for the MLM loss"
+    )
+    return {r.name: "val_loss" for r in runs}, "validation loss (MLM + NSP)", [note]
+
+
+def _arm_key(run: Run) -> str:
+    """Runs with equal keys are seeds of one arm: the same config up to seed, logging and impl."""
+    if run.config is None:
+        return f"unknown:{run.name}"
+    flat = {
+        k: v
+        for k, v in config_differences({}, run.config).items()
+        if k not in _NOT_ARM and not k.startswith("impl.") and k != "data.path"
+    }
+    return json.dumps({k: v[1] for k, v in sorted(flat.items())}, default=str)
+
+
+def _arm_name(names: list[str]) -> str:
+    """'postln-s1', 'postln-s2' -> 'postln': the common prefix without its separator."""
+    if len(names) == 1:
+        return names[0]
+    prefix = names[0]
+    for n in names[1:]:
+        while not n.startswith(prefix):
+            prefix = prefix[:-1]
+    prefix = prefix.rstrip("-_./ ")
+    while prefix and prefix[-1].isalpha() and len(prefix) > 1 and prefix[-2] in "-_./ ":
+        prefix = prefix[:-2]  # a trailing 's' of 's1', 's2'
+    return prefix.rstrip("-_./ ") or names[0]
+
+
+def stat(values: list[float | None]) -> dict[str, Any] | None:
+    """Mean, min, max and count of the known values (None if there are none)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def difference(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """a's mean - b's mean, and whether the difference is inside the seed spread.
+
+    The spread is the larger of the two arms' ranges (max - min over seeds): a difference of means
+    smaller than that is "within noise". With one seed in either arm the spread is unknown.
+    """
+    if a is None or b is None:
+        return None
+    diff = a["mean"] - b["mean"]
+    if a["n"] < 2 or b["n"] < 2:
+        return {"diff": diff, "spread": None, "verdict": "one seed: noise unknown"}
+    spread = max(a["max"] - a["min"], b["max"] - b["min"])
+    return {
+        "diff": diff,
+        "spread": spread,
+        "verdict": "within noise" if abs(diff) <= spread else "beyond noise",
+    }
+
+
 def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | None = None) -> dict[str, Any]:
     """All the report's numbers (the content of report.json)."""
     warnings = list(extra_warnings or [])
@@ -401,36 +508,71 @@ def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | N
         warnings.extend(r.warnings)
     warnings.extend(_data_warnings(runs))
     warnings.extend(_hardware_warnings(runs))
-    target = baseline.final_val_loss if baseline is not None else None
+    keys, metric_label, notes = _loss_metric(runs)
+    warnings.extend(notes)
+    mlm = not notes
+
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(_arm_key(r), []).append(r)
+    arm_of = {r.name: members for members in groups.values() for r in members}
+    arm_name: dict[str, str] = {}  # run name -> its arm's (unique) name
+    for members in groups.values():
+        name = _arm_name([r.name for r in members])
+        while name in arm_name.values():
+            name += "'"
+        arm_name.update((r.name, name) for r in members)
+    base_runs = arm_of[baseline.name] if baseline is not None else []
+
+    # The target: the baseline arm's mean final loss. The baseline's cost to reach it, per seed,
+    # is its first crossing (validation curves are not monotone), or its total where it never did.
+    finals = [b.final(keys[b.name]) for b in base_runs]
+    target = (
+        statistics.fmean(v for v in finals if v is not None) if any(v is not None for v in finals) else None
+    )
     if baseline is not None and target is None:
         warnings.append(f"baseline {baseline.name} has no validation loss: no time-to-target")
-    if baseline is not None and not baseline.complete:
+    if baseline is not None and not all(b.complete for b in base_runs):
         warnings.append(f"baseline {baseline.name} is incomplete: its totals and target are provisional")
+    base_tot = {k: stat([b.total(k) for b in base_runs]) for k in ("samples", "tokens", "flops", "wall_s")}
+    base_tot = {k: (v["mean"] if v else None) for k, v in base_tot.items()}
+    base_hit: dict[str, float | None] = {}
+    if target is not None:
+        for k in ("flops", "wall_s"):
+            costs = []
+            for b in base_runs:
+                hit = time_to_target(b.evals(keys[b.name]), target, keys[b.name])
+                costs.append(hit[k] if hit is not None and hit[k] is not None else b.total(k))
+            base_hit[k] = stat(costs)["mean"] if stat(costs) else None
+    unigram_line = next((r.unigram for r in [*base_runs, *runs] if r.unigram is not None), None)
 
-    base_tot = {k: baseline.total(k) for k in ("samples", "tokens", "flops", "wall_s")} if baseline else {}
-    # The baseline's own cost to reach the target: its final loss may have been reached earlier
-    # (validation curves are not monotone), so the speed-up compares crossing with crossing.
-    base_hit = (time_to_target(baseline.evals, target) if target is not None else None) if baseline else None
-    base_hit = base_hit or base_tot
     out_runs = []
     for r in runs:
+        key = keys[r.name]
         tot = {k: r.total(k) for k in ("samples", "tokens", "flops", "wall_s", "steps")}
         if tot["steps"] is None and r.rows:
             tot["steps"] = finite_number(r.rows[-1].get("step"))
         tps = [v for v in (finite_number(x.get("tokens_per_s")) for x in r.rows) if v is not None]
         mfu = [v for v in (finite_number(x.get("mfu")) for x in r.rows) if v is not None]
+        final_mlm = r.final(r.mlm_key) if r.mlm_key else None
+        beyond = r.unigram - final_mlm if r.unigram is not None and final_mlm is not None else None
         entry: dict[str, Any] = {
             "name": r.name,
             "path": str(r.path),
             "kind": r.kind,
             "label": KIND_LABELS[r.kind],
+            "arm": arm_name[r.name],
             "is_baseline": r is baseline,
             "complete": r.complete,
             "stop_reason": (r.summary or {}).get("stop_reason"),
             **tot,
             "final_train_loss": r.final_train_loss,
             "final_val_loss": r.final_val_loss,
-            "evaluations": len(r.evals),
+            "final_val_mlm_loss": final_mlm,
+            "final_loss": r.final(key),
+            "unigram": r.unigram,
+            "beyond_unigram": beyond,
+            "evaluations": len(r.evals(key)),
             "tokens_per_s_median": statistics.median(tps) if tps else None,
             "mfu_median": statistics.median(mfu) if mfu else None,
             "ratios": {k: _ratio(tot[k], base_tot.get(k)) for k in ("samples", "tokens", "flops", "wall_s")},
@@ -441,8 +583,14 @@ def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | N
             "env": r.env,
             "data": r.data,
         }
+        if beyond is not None and beyond < UNIGRAM_MARGIN:
+            warnings.append(
+                f"NEAR THE UNIGRAM LINE: {r.name} ends at validation MLM loss {final_mlm:.3f}, only "
+                f"{beyond:.3f} nats below the unigram line {r.unigram:.3f} (word frequencies alone): it has "
+                "learned almost no language, so comparisons with it are NOT meaningful"
+            )
         if target is not None:
-            hit = time_to_target(r.evals, target)
+            hit = time_to_target(r.evals(key), target, key)
             if hit is None:
                 entry["time_to_target"] = {"reached": False}
             else:
@@ -470,7 +618,8 @@ def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | N
             "fine-tuned tasks differ between runs: the GLUE average uses only "
             + (", ".join(common) or "no tasks")
         )
-    if baseline is not None:
+    basis = _basis(runs)
+    if baseline is not None and basis == "samples":
         for e in out_runs:
             sr = e["ratios"]["samples"]
             if sr is not None and abs(sr - 1) > 0.01:
@@ -479,6 +628,7 @@ def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | N
                     "are not at equal samples"
                 )
 
+    arms = _arms(out_runs, baseline.name if baseline else None)
     paper_glue = {
         row: {"metrics": tasks, "average": sum(sum(m.values()) / len(m) for m in tasks.values()) / len(tasks)}
         for row, tasks in PAPER["glue"].items()
@@ -486,49 +636,107 @@ def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | N
     report = {
         "generated_by": f"bertpld {__version__}",
         "baseline": baseline.name if baseline else None,
+        "baseline_seeds": len(base_runs),
+        "loss_metric": metric_label,
+        "loss_is_mlm": mlm,
+        "basis": basis,
         "target_val_loss": target,
+        "unigram": unigram_line,
+        "unigram_margin": UNIGRAM_MARGIN,
         "warnings": warnings,
         "runs": out_runs,
+        "arms": arms,
         "glue": {"tasks": all_tasks, "average_over": common, "rule": GLUE_RULE},
         "paper": {**PAPER, "glue_average_by_our_rule": {k: v["average"] for k, v in paper_glue.items()}},
-        "headline": _headline(out_runs),
+        "headline": _headline(arms, base_hit),
         "config_differences": _config_table(runs, baseline),
     }
     return report
 
 
-def _headline(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Each run against the baseline, and PLD against Pre-LN (what dropping buys on its own)."""
-    base = next((e for e in runs if e["is_baseline"]), None)
+def _basis(runs: list[Run]) -> str:
+    """What the runs were given equally: 'flops' (the same train.max_flops), else 'samples'."""
+    budgets = {((r.config or {}).get("train") or {}).get("max_flops") or 0 for r in runs}
+    return "flops" if len(budgets) == 1 and 0 not in budgets else "samples"
+
+
+def _arms(entries: list[dict[str, Any]], baseline: str | None) -> list[dict[str, Any]]:
+    """Runs grouped into arms (seeds of one config), with the mean and range of every outcome."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault(e["arm"], []).append(e)
+    arms = []
+    for name, es in groups.items():
+        ttt = [e["time_to_target"] or {} for e in es]
+        arms.append(
+            {
+                "name": name,
+                "kind": es[0]["kind"],
+                "label": es[0]["label"],
+                "runs": [e["name"] for e in es],
+                "is_baseline": any(e["name"] == baseline for e in es),
+                "complete": all(e["complete"] for e in es),
+                "reached": sum(bool(t.get("reached")) for t in ttt),
+                "stats": {
+                    "final_loss": stat([e["final_loss"] for e in es]),
+                    "beyond_unigram": stat([e["beyond_unigram"] for e in es]),
+                    "samples": stat([e["samples"] for e in es]),
+                    "flops": stat([e["flops"] for e in es]),
+                    "wall_s": stat([e["wall_s"] for e in es]),
+                    "ttt_flops": stat([t.get("flops") for t in ttt]),
+                    "ttt_wall_s": stat([t.get("wall_s") for t in ttt]),
+                    "speedup_flops": stat([t.get("speedup_flops") for t in ttt]),
+                    "speedup_wall_s": stat([t.get("speedup_wall_s") for t in ttt]),
+                    "glue_average": stat([e["glue_average"] for e in es]),
+                },
+            }
+        )
+    base = next((a for a in arms if a["is_baseline"]), None)
+    for a in arms:
+        a["vs_baseline"] = (
+            {k: difference(a["stats"][k], base["stats"][k]) for k in ("final_loss", "glue_average", "wall_s")}
+            if base is not None and a is not base
+            else None
+        )
+    return arms
+
+
+def _headline(arms: list[dict[str, Any]], base_hit: dict[str, float | None]) -> dict[str, Any] | None:
+    """Each arm against the baseline arm, and PLD against Pre-LN (what dropping buys on its own),
+    from the arms' means; each loss and fine-tuning difference says whether it is within noise."""
+    base = next((a for a in arms if a["is_baseline"]), None)
     if base is None:
         return None
-    cols = {}
-    for e in runs:
-        if e is base:
-            continue
-        ttt = e["time_to_target"] or {}
-        cols[f"{e['name']} / {base['name']}"] = {
-            "flops": e["ratios"]["flops"],
-            "wall_s": e["ratios"]["wall_s"],
-            "samples": e["ratios"]["samples"],
-            "speedup_flops": ttt.get("speedup_flops"),
-            "speedup_wall_s": ttt.get("speedup_wall_s"),
-            "reached": ttt.get("reached"),
-            "glue": (e["glue_average"], base["glue_average"]),
+
+    def mean(arm: dict[str, Any], key: str) -> float | None:
+        s = arm["stats"][key]
+        return None if s is None else s["mean"]
+
+    def column(a: dict[str, Any], b: dict[str, Any], b_cost: dict[str, float | None]) -> dict[str, Any]:
+        everyone = a["reached"] == len(a["runs"])
+        return {
+            "flops": _ratio(mean(a, "flops"), mean(b, "flops")),
+            "wall_s": _ratio(mean(a, "wall_s"), mean(b, "wall_s")),
+            "samples": _ratio(mean(a, "samples"), mean(b, "samples")),
+            "speedup_flops": _ratio(b_cost.get("flops"), mean(a, "ttt_flops")) if everyone else None,
+            "speedup_wall_s": _ratio(b_cost.get("wall_s"), mean(a, "ttt_wall_s")) if everyone else None,
+            "reached": everyone if base_hit else None,
+            "reached_by": f"{a['reached']} of {len(a['runs'])}",
+            "final_loss": difference(a["stats"]["final_loss"], b["stats"]["final_loss"]),
+            "glue": (mean(a, "glue_average"), mean(b, "glue_average")),
+            "glue_difference": difference(a["stats"]["glue_average"], b["stats"]["glue_average"]),
         }
-    pld = next((e for e in runs if e["kind"] == "pld"), None)
-    pre = next((e for e in runs if e["kind"] == "pre"), None)
-    if pld and pre:
-        tp, tq = pld["time_to_target"] or {}, pre["time_to_target"] or {}
-        cols[f"{pld['name']} / {pre['name']}"] = {
-            "flops": _ratio(pld["flops"], pre["flops"]),
-            "wall_s": _ratio(pld["wall_s"], pre["wall_s"]),
-            "samples": _ratio(pld["samples"], pre["samples"]),
-            "speedup_flops": _ratio(tq.get("flops"), tp.get("flops")),
-            "speedup_wall_s": _ratio(tq.get("wall_s"), tp.get("wall_s")),
-            "reached": tp.get("reached") and tq.get("reached"),
-            "glue": (pld["glue_average"], pre["glue_average"]),
-        }
+
+    cols = {f"{a['name']} / {base['name']}": column(a, base, base_hit) for a in arms if a is not base}
+    pld = next((a for a in arms if a["kind"] == "pld"), None)
+    pre = next((a for a in arms if a["kind"] == "pre"), None)
+    if pld and pre and pre["reached"] == len(pre["runs"]):
+        pre_cost = {"flops": mean(pre, "ttt_flops"), "wall_s": mean(pre, "ttt_wall_s")}
+        cols[f"{pld['name']} / {pre['name']}"] = column(pld, pre, pre_cost)
+    elif pld and pre:
+        col = column(pld, pre, {})
+        col["reached"] = False if base_hit else None
+        cols[f"{pld['name']} / {pre['name']}"] = col
     return cols
 
 
@@ -593,10 +801,18 @@ def write_report(
         runs.insert(0, base_run)
     rep = compare(runs, base_run, notes)
 
+    mlm = rep["loss_is_mlm"]
     curves = [
-        Curve(e["name"] + ("" if r.complete else " (incomplete)"), r.rows) for r, e in zip(runs, rep["runs"])
+        Curve(
+            e["name"] + ("" if r.complete else " (incomplete)"),
+            r.rows,
+            train_key="mlm_loss" if mlm and any("mlm_loss" in row for row in r.rows) else "loss",
+            val_key=(r.mlm_key or "val_mlm_loss") if mlm else "val_loss",
+            arm=e["arm"],
+        )
+        for r, e in zip(runs, rep["runs"])
     ]
-    figures = all_figures(curves, rep["target_val_loss"])
+    figures = all_figures(curves, rep["target_val_loss"], rep["unigram"], mlm)
     pngs = {name: png for name, (png, _) in figures.items()}
     captions = {name: cap for name, (_, cap) in figures.items()}
 

@@ -81,6 +81,27 @@ def fmt_pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}"
 
 
+def fmt_nats(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f} nats"
+
+
+def fmt_stat(s: dict[str, Any] | None, fmt: Any) -> str:
+    """'mean (min – max)' over seeds; just the value for one seed."""
+    if s is None:
+        return "–"
+    if s["n"] == 1:
+        return fmt(s["mean"])
+    return f"{fmt(s['mean'])} ({fmt(s['min'])} – {fmt(s['max'])})"
+
+
+def fmt_difference(d: dict[str, Any] | None, digits: int = 3) -> str:
+    """'+0.012 (within noise, seed spread 0.030)'."""
+    if d is None:
+        return "–"
+    spread = "" if d["spread"] is None else f", seed spread {d['spread']:.{digits}f}"
+    return f"{d['diff']:+.{digits}f} ({d['verdict']}{spread})"
+
+
 def _with_ratio(text: str, ratio: float | None) -> str:
     return text if ratio is None else f"{text} ({ratio:.3f}x)"
 
@@ -124,21 +145,40 @@ def sections(rep: dict[str, Any], images: dict[str, str]) -> list[tuple[str, lis
     blocks: list[tuple] = []
     names = ", ".join(f"{e['name']} ({e['label']}{'' if e['complete'] else ', incomplete'})" for e in runs)
     blocks.append(("p", f"Runs: {names}."))
+    metric = rep["loss_metric"]
+    basis = {
+        "flops": "the same executed-FLOPs budget (train.max_flops): what each arm gets for the same compute",
+        "samples": "the samples each was given (equal samples when the ratios say 1.000x)",
+    }[rep["basis"]]
+    blocks.append(("p", f"Runs are compared at {basis}. Losses compared: the {metric}."))
     if base:
+        seeds = rep["baseline_seeds"]
+        mean = f"mean over its {seeds} seeds" if seeds > 1 else "one seed"
         blocks.append(
             (
                 "p",
-                f"Baseline: {base}. Ratios are run / baseline. Target for time-to-target: the baseline's "
-                f"final validation loss, {fmt_loss(rep['target_val_loss'])}.",
+                f"Baseline: {base}. Ratios are run / baseline (the baseline arm's mean). Target for "
+                f"time-to-target: the baseline's final {metric} ({mean}), {fmt_loss(rep['target_val_loss'])}.",
+            )
+        )
+    if rep["unigram"] is not None:
+        blocks.append(
+            (
+                "p",
+                f"Unigram line: {rep['unigram']:.3f} nats, the MLM loss of a model that predicts word "
+                "frequencies and ignores context (the validation tokens' cross-entropy under the training "
+                "split's token frequencies). A run has learned language only as far as its validation MLM "
+                f"loss lies below it; within {rep['unigram_margin']} nats a comparison means nothing.",
             )
         )
     for w in rep["warnings"]:
         blocks.append(("warn", w))
     out.append(("Overview", blocks))
 
-    # --- headline against the paper
+    # --- headline against the paper, then the arms with their spread over seeds
     if rep["headline"]:
         out.append(("Headline: ours beside the paper's", _headline_blocks(rep)))
+    out.append(("Arms: mean and spread over seeds", _arm_blocks(rep)))
 
     # --- cost (one unit per column, so that rows compare at a glance)
     fmax = _largest(e["flops"] for e in runs)
@@ -211,14 +251,18 @@ def sections(rep: dict[str, Any], images: dict[str, str]) -> list[tuple[str, lis
                 e["name"],
                 fmt_loss(e["final_train_loss"]),
                 fmt_loss(e["final_val_loss"]),
+                fmt_loss(e["final_val_mlm_loss"]),
+                fmt_nats(e["beyond_unigram"]),
                 str(e["evaluations"]),
                 *reach,
             ]
         )
     text = (
-        "Time-to-target: the FLOPs and wall-clock at which a run's validation loss first reached the "
-        "baseline's final validation loss, linearly interpolated between the two evaluations around the "
-        "crossing. Speed-up = the baseline's own cost to first reach that loss / the run's."
+        f"Time-to-target: the FLOPs and wall-clock at which a run's {metric} first reached the "
+        f"baseline's final {metric}, linearly interpolated between the two evaluations around the "
+        "crossing. Speed-up = the baseline's own cost to first reach that loss (per seed: its first "
+        "crossing, or its whole run where it never crossed the mean; then averaged) / the run's. "
+        "Below unigram: how far the final validation MLM loss lies below the unigram line."
         if base
         else "No baseline, so no target: time-to-target is left out."
     )
@@ -232,6 +276,8 @@ def sections(rep: dict[str, Any], images: dict[str, str]) -> list[tuple[str, lis
                         "run",
                         "final train loss",
                         "final val loss",
+                        "final val MLM loss",
+                        "below unigram",
                         "evals",
                         "FLOPs to target",
                         "wall-clock to target",
@@ -296,7 +342,7 @@ def _headline_blocks(rep: dict[str, Any]) -> list[tuple]:
 
     def speed(c: dict[str, Any]) -> str:
         if c["reached"] is False:
-            return "target not reached"
+            return f"target not reached (by {c['reached_by']} seeds)"
         if c["speedup_flops"] is None:
             return "–"
         return f"{fmt_ratio(c['speedup_flops'])} FLOPs, {fmt_ratio(c['speedup_wall_s'])} wall"
@@ -326,6 +372,12 @@ def _headline_blocks(rep: dict[str, Any]) -> list[tuple]:
             *(speed(c) for c in cols.values()),
         ],
         ["fine-tune average", f"{pp:.1f} vs {pb:.1f} ({pp - pb:+.1f})", *(glue(c) for c in cols.values())],
+        ["fine-tune difference", "–", *(fmt_difference(c["glue_difference"], 1) for c in cols.values())],
+        [
+            f"final {rep['loss_metric']} (difference)",
+            "–",
+            *(fmt_difference(c["final_loss"]) for c in cols.values()),
+        ],
     ]
     return [
         ("table", headers, rows),
@@ -339,6 +391,59 @@ def _headline_blocks(rep: dict[str, Any]) -> list[tuple]:
             "speed-up is the Pre-LN run's cost to the target over the PLD run's.",
         ),
     ]
+
+
+def _arm_blocks(rep: dict[str, Any]) -> list[tuple]:
+    arms = rep["arms"]
+    tmax = _largest(a["stats"]["wall_s"]["max"] for a in arms if a["stats"]["wall_s"])
+    fmax = _largest(a["stats"]["flops"]["max"] for a in arms if a["stats"]["flops"])
+    rows = []
+    for a in arms:
+        st, vs = a["stats"], a["vs_baseline"] or {}
+        rows.append(
+            [
+                a["name"] + (" (baseline)" if a["is_baseline"] else ""),
+                a["label"],
+                str(len(a["runs"])),
+                fmt_stat(st["final_loss"], fmt_loss),
+                fmt_stat(st["beyond_unigram"], lambda v: f"{v:.3f}"),
+                fmt_stat(st["flops"], lambda v: fmt_flops(v, fmax)),
+                fmt_stat(st["wall_s"], lambda v: fmt_time(v, tmax)),
+                fmt_stat(st["speedup_flops"], fmt_ratio) + _reached(a, rep),
+                fmt_stat(st["glue_average"], fmt_pct),
+                fmt_difference(vs.get("final_loss")),
+                fmt_difference(vs.get("glue_average"), 1),
+            ]
+        )
+    headers = [
+        "arm",
+        "kind",
+        "seeds",
+        f"final {rep['loss_metric']}",
+        "below unigram (nats)",
+        "FLOPs",
+        "wall-clock",
+        "speed-up to target (FLOPs)",
+        "fine-tune average",
+        "loss vs baseline",
+        "fine-tune vs baseline",
+    ]
+    return [
+        ("table", headers, rows),
+        (
+            "p",
+            "An arm is the runs whose configs differ only in the seed (and in logging or speed-only "
+            "settings). Each cell: mean over seeds (min – max). A difference to the baseline is "
+            "'within noise' when it is no larger than the larger of the two arms' seed ranges; with one "
+            "seed the noise is unknown and no difference means anything on its own.",
+        ),
+    ]
+
+
+def _reached(arm: dict[str, Any], rep: dict[str, Any]) -> str:
+    if rep["target_val_loss"] is None or arm["reached"] == len(arm["runs"]):
+        return ""
+    return f" (target reached by {arm['reached']} of {len(arm['runs'])})"
 
 
 def _glue_blocks(rep: dict[str, Any]) -> list[tuple]:

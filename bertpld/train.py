@@ -47,16 +47,18 @@ from bertpld.config import (
     read_run_config_json,
     save_config,
 )
+from bertpld.data import unigram
 from bertpld.data.reader import PretrainReader, load_manifest
-from bertpld.device import resolve_device, resolve_precision
+from bertpld.device import DTYPES, Precision, cpu_bf16_support, resolve_device, resolve_precision
 from bertpld.errors import BertpldError
 from bertpld.flops import peak_flops, step_flops
-from bertpld.model import BertForPreTraining, token_index
+from bertpld.model import BertForPreTraining, PretrainOutput, token_index
 from bertpld.optim import build_optimizer, lr_multiplier
 
 # Fields that may change between a run and its resumption: they decide when to stop, log and save,
 # or only how fast things run. Anything else changes the run itself and is refused.
-RESUMABLE_CHANGES = ("train.max_steps", "train.max_samples", "train.time_budget", "train.target_val_loss")
+RESUMABLE_CHANGES = ("train.max_steps", "train.max_samples", "train.max_flops", "train.time_budget")
+RESUMABLE_CHANGES += ("train.target_val_loss",)
 RESUMABLE_CHANGES += ("train.eval_every", "train.save_every", "train.keep_checkpoints", "train.log_every")
 # impl.* settings that may change on resume. The micro-batch size decides how many gate draws a
 # step makes, and fp16 carries grad-scaler state, so those two must stay as they were.
@@ -73,6 +75,7 @@ class Counters:
     flops: float = 0.0
     wall_s: float = 0.0
     best_val_loss: float = math.inf
+    best_val_mlm_loss: float = math.inf  # what train.target_val_loss is compared with
 
 
 def pretrain(
@@ -97,21 +100,28 @@ def _pretrain(
     manifest = load_manifest(cfg.data.path)
     _resolve_vocab(cfg, manifest)
     accum = micro_steps_per_step(cfg, world)
-    total_steps = schedule_steps(cfg)
+    train_reader = PretrainReader(
+        cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, rank, world
+    )
+    tokens_per_seq = train_reader.mean_tokens_per_sequence()
+    total_steps = schedule_steps(cfg, tokens_per_seq)
     gamma = pld.resolve_gamma(cfg.pld, total_steps) if cfg.pld.enabled else None
-    precision = resolve_precision(cfg.impl.precision, device)
+    prec = resolve_precision(cfg.impl.precision, device)
 
     # Rank 0 owns the run directory; its verdict (or its error) is shared so no rank hangs.
     ckpt, error = None, None
     if dist.is_main():
         try:
-            ckpt = _prepare_run_dir(cfg, out, resume, overwrite)
+            ckpt = _prepare_run_dir(cfg, out, resume, overwrite, tokens_per_seq, prec)
         except BertpldError as e:
             error = str(e)
     ckpt, error = dist.broadcast_object((ckpt, error))
     if error:
         raise BertpldError(error)
     dist.barrier()
+    if ckpt is not None:
+        prec = _resumed_precision(Path(ckpt), cfg, prec, device)
+    precision = prec.dtype
 
     # Model and optimizer: identical initialisation on every rank (same seed), then a per-rank
     # seed for dropout so that ranks do not share dropout masks.
@@ -125,12 +135,10 @@ def _pretrain(
         _compile_blocks(model)
 
     reducer = dist.GradientReducer(model.parameters())
-    train_reader = PretrainReader(
-        cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, rank, world
-    )
     counters = Counters()
     if ckpt is not None:
         counters = _restore(Path(ckpt), model, optimizer, scaler, train_reader, rank, world)
+    nsp = cfg.data.objective == "mlm+nsp"
     train_batches = iter(train_reader)
     saved_step = counters.step if ckpt is not None else -1  # decided in memory: identical on every rank
 
@@ -142,35 +150,36 @@ def _pretrain(
             f"pretrain: {cfg.model.num_layers} layers x {cfg.model.hidden_size} ({_n_params(model) / 1e6:.1f}M params), "
             f"norm={cfg.model.norm}, pld={'on' if cfg.pld.enabled else 'off'}, {world} rank(s) on {device.type}, "
             f"batch {cfg.train.global_batch_size} = {cfg.impl.micro_batch_size} x {accum} accum x {world}, "
-            f"{str(precision).removeprefix('torch.')}"
+            f"{prec.name} ({prec.reason}), {total_steps or 'open-ended'} scheduled steps"
         )
 
     reason = ""
     # Per-rank sums since the last metrics row; reduced over ranks only when a row is written.
     # A row is written at every log, evaluation and checkpoint step, so a checkpoint never holds
     # half-counted tokens and a resumed run writes the same rows as an uninterrupted one.
-    loss_sum = torch.zeros((), device=device)
+    loss_sums = torch.zeros(len(LOSS_TERMS), device=device)  # LOSS_TERMS summed over micro-steps
     nonfinite = torch.zeros((), device=device)  # optimizer steps skipped for a non-finite gradient
     pending = {"loss_count": 0, "tokens": 0, "blocks_sum": 0, "blocks_count": 0}
     last_log = (counters.wall_s, counters.tokens, counters.flops)
-    last_loss = math.nan
-    last_val = math.nan
+    last_train: dict[str, float] = {}  # the latest logged training losses
+    last_val: dict[str, float] = {}  # the latest validation losses
     # The fused AdamW kernel can skip a step on the device when told `found_inf`: no host sync.
     skip_on_device = isinstance(optimizer, torch.optim.AdamW) and fused and precision != torch.float16
 
     def metrics_row(theta: float, grad_norm: torch.Tensor | None) -> dict[str, Any]:
-        nonlocal last_log, last_loss
-        stats = torch.tensor([loss_sum.item(), pending["loss_count"], pending["tokens"]], dtype=torch.float64)
-        stats = dist.all_reduce_sum_host(stats)
-        counters.tokens += int(stats[2])
-        if stats[1]:
-            last_loss = float(stats[0] / stats[1])
+        nonlocal last_log
+        counts = torch.tensor([pending["loss_count"], pending["tokens"]], dtype=torch.float64)
+        stats = dist.all_reduce_sum_host(torch.cat([loss_sums.double().cpu(), counts]))
+        counters.tokens += int(stats[-1])
+        if stats[-2]:
+            terms = LOSS_TERMS if nsp else LOSS_TERMS[:2]
+            last_train.update({k: float(stats[i] / stats[-2]) for i, k in enumerate(terms)})
         dt = counters.wall_s - last_log[0]
         row = {
             "step": counters.step,
             "samples": counters.samples,
             "tokens": counters.tokens,
-            "loss": last_loss,
+            **last_train,
             "lr": optimizer.param_groups[0]["lr"],
             "theta": theta,
             "blocks_kept": pending["blocks_sum"] / max(pending["blocks_count"], 1),
@@ -183,7 +192,7 @@ def _pretrain(
         if peak and dt > 0:
             # executed FLOPs since the last row, per second, per GPU, over the GPU's peak
             row["mfu"] = (counters.flops - last_log[2]) / dt / (peak * world)
-        loss_sum.zero_()
+        loss_sums.zero_()
         pending.update(loss_count=0, tokens=0, blocks_sum=0, blocks_count=0)
         last_log = (counters.wall_s, counters.tokens, counters.flops)
         return row
@@ -219,7 +228,7 @@ def _pretrain(
                 if micro == accum - 1 and reducer.distributed:
                     reducer.expect(model.reached_parameters(gates))
                 scaler.scale(outputs.loss / accum).backward()
-                loss_sum += outputs.loss.detach().float()
+                loss_sums += loss_terms(outputs, batch)
                 pending["loss_count"] += 1
                 input_ids = batch["input_ids"]
                 step_flops_total += step_flops(
@@ -268,13 +277,12 @@ def _pretrain(
             # --- log, evaluate -----------------------------------------------------------------
             row = metrics_row(theta, grad_norm) if log_now else None
             if evaluate_now:
-                last_val = evaluate(model, cfg, device, precision)
-                counters.best_val_loss = min(counters.best_val_loss, last_val)
-                row["val_loss"] = last_val
+                last_val = _evaluate_into(counters, model, cfg, device, precision)
+                row.update(last_val)
             if row is not None and writer is not None:
                 writer.write(row)
             if progress is not None:
-                progress.update(counters, last_loss, theta, row)
+                progress.update(counters, last_train.get("loss", math.nan), theta, row)
             skipped = int(nonfinite.item()) if log_now and skip_on_device else 0  # syncs with the log row's
             if skipped:
                 reason = f"{skipped} step(s) with a non-finite gradient were skipped; stopping with the last good state"
@@ -282,7 +290,7 @@ def _pretrain(
 
             # --- checkpoint --------------------------------------------------------------------
             if save_now:
-                _save(out, cfg, model, optimizer, scaler, train_reader, counters)
+                _save(out, cfg, model, optimizer, scaler, train_reader, counters, prec)
                 saved_step = counters.step
     finally:
         if progress is not None:
@@ -294,13 +302,12 @@ def _pretrain(
     else:
         final_row = None
     if counters.step > 0 and saved_step != counters.step:
-        _save(out, cfg, model, optimizer, scaler, train_reader, counters)
+        _save(out, cfg, model, optimizer, scaler, train_reader, counters, prec)
     evaluated = cfg.train.eval_every and counters.step % cfg.train.eval_every == 0
     if counters.step > 0 and not evaluated:
-        last_val = evaluate(model, cfg, device, precision)
-        counters.best_val_loss = min(counters.best_val_loss, last_val)
-        final_row = final_row or {**_minimal_row(counters), "loss": last_loss}
-        final_row["val_loss"] = last_val
+        last_val = _evaluate_into(counters, model, cfg, device, precision)
+        final_row = final_row or {**_minimal_row(counters), **last_train}
+        final_row.update(last_val)
     if final_row is not None and writer is not None:
         writer.write(final_row)
     summary = {
@@ -309,9 +316,15 @@ def _pretrain(
         "tokens": counters.tokens,
         "flops": counters.flops,
         "wall_s": counters.wall_s,
-        "final_train_loss": last_loss,
-        "final_val_loss": last_val,
+        "scheduled_steps": total_steps,
+        "final_train_loss": last_train.get("loss", math.nan),
+        **{f"final_train_{k}": v for k, v in last_train.items() if k != "loss"},
+        "final_val_loss": last_val.get("val_loss", math.nan),
+        **{f"final_{k}": v for k, v in last_val.items() if k != "val_loss"},
         "best_val_loss": counters.best_val_loss if math.isfinite(counters.best_val_loss) else None,
+        "best_val_mlm_loss": counters.best_val_mlm_loss
+        if math.isfinite(counters.best_val_mlm_loss)
+        else None,
         "stop_reason": reason,
     }
     if writer is not None:
@@ -327,19 +340,37 @@ def _pretrain(
 # Evaluation
 
 
+# What metrics rows hold per step, in this order: the total loss, the MLM loss and, for NSP, the
+# NSP loss and accuracy. `loss` = mlm_loss + nsp_loss, each a mean over its predictions.
+LOSS_TERMS = ("loss", "mlm_loss", "nsp_loss", "nsp_acc")
+
+
+def loss_terms(outputs: PretrainOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """LOSS_TERMS of one micro-batch as a device tensor (zeros for NSP without it): no host sync."""
+    zero = outputs.mlm_loss.new_zeros(())
+    nsp_loss, nsp_acc = zero, zero
+    if outputs.nsp_loss is not None:
+        nsp_loss = outputs.nsp_loss
+        nsp_acc = (outputs.nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean()
+    return torch.stack([outputs.loss, outputs.mlm_loss, nsp_loss, nsp_acc]).detach().float()
+
+
 @torch.no_grad()
 def evaluate(
     model: BertForPreTraining, cfg: PretrainConfig, device: torch.device, precision: torch.dtype
-) -> float:
-    """Validation loss at full depth with fixed masks, the same batches whatever the world size.
+) -> dict[str, float]:
+    """Validation losses at full depth with fixed masks, the same batches whatever the world size.
 
-    Every rank reads the same validation stream and computes every world_size-th batch; the sum
-    is reduced, so the result does not depend on how many ranks there are.
+    Returns val_mlm_loss (mean over every masked token), for NSP also val_nsp_loss and
+    val_nsp_acc (mean over sequences), and val_loss = val_mlm_loss + val_nsp_loss. Every rank
+    reads the same validation stream and computes every world_size-th batch; the sums are
+    reduced, so the result does not depend on how many ranks there are.
     """
     model.eval()
     rank, world = dist.rank(), dist.world_size()
     reader = PretrainReader(cfg.data.path, cfg.data, "val", cfg.impl.micro_batch_size, cfg.train.seed, 0, 1)
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    # MLM loss sum, MLM predictions, NSP loss sum, NSP correct, sequences
+    total = torch.zeros(5, dtype=torch.float64, device=device)
     for i, batch in enumerate(reader):
         if i >= cfg.train.eval_batches:
             break
@@ -348,16 +379,35 @@ def evaluate(
         batch = {k: v.to(device, non_blocking=True) for k, v in _with_token_index(batch, cfg).items()}
         with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
             out = model(**batch)
-        total[0] += out.loss.double()
-        total[1] += 1
+        predictions = (batch["mlm_labels"] != -100).sum()
+        total[0] += out.mlm_loss.double() * predictions
+        total[1] += predictions
+        sequences = batch["input_ids"].shape[0]
+        if out.nsp_loss is not None:
+            total[2] += out.nsp_loss.double() * sequences
+            total[3] += (out.nsp_logits.argmax(-1) == batch["nsp_labels"]).sum()
+        total[4] += sequences
     if dist.is_distributed():
         torch.distributed.all_reduce(total)
     model.train()
-    if total[1] == 0:
+    mlm_sum, predictions, nsp_sum, nsp_correct, sequences = total.tolist()
+    if sequences == 0:
         raise BertpldError(
             f"{cfg.data.path}: the validation split yields no batch of {cfg.impl.micro_batch_size}"
         )
-    return float(total[0] / total[1])
+    result = {"val_mlm_loss": mlm_sum / predictions}
+    if cfg.data.objective == "mlm+nsp":
+        result.update(val_nsp_loss=nsp_sum / sequences, val_nsp_acc=nsp_correct / sequences)
+    result["val_loss"] = result["val_mlm_loss"] + result.get("val_nsp_loss", 0.0)
+    return result
+
+
+def _evaluate_into(counters: Counters, model, cfg, device, precision) -> dict[str, float]:
+    """evaluate(), keeping the best validation losses in `counters` (the target stop rule reads them)."""
+    val = evaluate(model, cfg, device, precision)
+    counters.best_val_loss = min(counters.best_val_loss, val["val_loss"])
+    counters.best_val_mlm_loss = min(counters.best_val_mlm_loss, val["val_mlm_loss"])
+    return val
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,8 +424,12 @@ def micro_steps_per_step(cfg: PretrainConfig, world: int) -> int:
     return cfg.train.global_batch_size // per_step
 
 
-def schedule_steps(cfg: PretrainConfig) -> int:
-    """Optimizer steps the lr schedule (and the PLD gamma rule) span."""
+def schedule_steps(cfg: PretrainConfig, tokens_per_seq: float | None = None) -> int:
+    """Optimizer steps the lr schedule (and the PLD gamma rule) span.
+
+    `tokens_per_seq`, the data's mean real tokens per training sequence, is needed only when a
+    FLOPs budget decides the length (see `flops_budget_steps`).
+    """
     t = cfg.train
     if t.total_steps:
         return t.total_steps
@@ -383,6 +437,9 @@ def schedule_steps(cfg: PretrainConfig) -> int:
         return t.max_steps
     if t.max_samples:
         return math.ceil(t.max_samples / t.global_batch_size)
+    if t.max_flops:
+        assert tokens_per_seq is not None, "a FLOPs budget needs the data's tokens per sequence"
+        return flops_budget_steps(cfg, tokens_per_seq)
     if not (t.time_budget or t.target_val_loss):
         raise BertpldError(
             "train: no stopping rule; give --max-steps, --max-samples, --time-budget or --target-val-loss"
@@ -397,6 +454,52 @@ def schedule_steps(cfg: PretrainConfig) -> int:
     return 0
 
 
+def expected_step_flops(cfg: PretrainConfig, blocks: float, tokens_per_seq: float) -> float:
+    """Executed FLOPs of one optimizer step (all ranks) running `blocks` blocks on average."""
+    G = cfg.train.global_batch_size
+    return step_flops(
+        cfg.model,
+        batch_size=G,
+        seq_len=cfg.data.max_seq_len,
+        blocks_executed=blocks,
+        mlm_predictions=G * cfg.data.predictions_per_seq,
+        nsp=cfg.data.objective == "mlm+nsp",
+        tokens=G * tokens_per_seq if cfg.impl.unpad else None,
+    )
+
+
+def flops_budget_steps(cfg: PretrainConfig, tokens_per_seq: float) -> int:
+    """The fewest optimizer steps T whose expected executed FLOPs reach train.max_flops.
+
+    Without PLD every step costs the same. With PLD, step t runs E(theta(t)) blocks in
+    expectation, and theta's decay rate may itself depend on T (gamma = 100 / T), so the sum over
+    the T steps is taken in closed form for each candidate T and T is found by bisection (the sum
+    grows with T). The run itself stops when the FLOPs it actually executed reach the budget,
+    which is within a step or two of T (the gates are random).
+    """
+    L = cfg.model.num_layers
+    full = expected_step_flops(cfg, L, tokens_per_seq)
+    budget = cfg.train.max_flops
+    if not cfg.pld.enabled:
+        return max(1, math.ceil(budget / full))
+    none = expected_step_flops(cfg, 0, tokens_per_seq)
+    per_block = (full - none) / L
+    e0 = pld.expected_blocks(0.0, L, cfg.pld.variant)  # E(theta) = e0 + (L - e0) theta: linear
+    bar = cfg.pld.theta_bar
+
+    def total(steps: int) -> float:
+        decay = math.exp(-pld.resolve_gamma(cfg.pld, steps))
+        theta_sum = steps * bar + (1 - bar) * (1 - decay**steps) / (1 - decay)  # sum of theta(t), t < steps
+        blocks = steps * e0 + (L - e0) * theta_sum
+        return steps * none + per_block * blocks
+
+    lo, hi = 1, max(1, math.ceil(budget / (none + per_block * min(e0 + (L - e0) * bar, L))))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if total(mid) < budget else (lo, mid)
+    return lo
+
+
 def _resolve_vocab(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
     vocab = int(manifest["vocab_size"])
     if cfg.model.vocab_size == 0:
@@ -408,7 +511,9 @@ def _resolve_vocab(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
         )
 
 
-def _prepare_run_dir(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bool) -> str | None:
+def _prepare_run_dir(
+    cfg: PretrainConfig, out: Path, resume: bool, overwrite: bool, tokens_per_seq: float, prec: Precision
+) -> str | None:
     """Create or check the run directory; return the checkpoint to resume from, if any."""
     saved = out / "config.json"
     if saved.is_file():
@@ -423,11 +528,13 @@ def _prepare_run_dir(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bo
                     f"--resume {out}: {k} was {a!r} in that run, now {b!r}; a resumed run may change only "
                     "when it stops, logs and saves, and impl.device/compile/fused_optimizer/threads"
                 )
-            before = schedule_steps(config_from_dict(PretrainConfig, old))
-            if diff and before != schedule_steps(cfg):
+            old_cfg = config_from_dict(PretrainConfig, old)
+            old_cfg.model.vocab_size = cfg.model.vocab_size  # as resolved from the same data
+            before, after = schedule_steps(old_cfg, tokens_per_seq), schedule_steps(cfg, tokens_per_seq)
+            if diff and before != after:
                 raise BertpldError(
                     f"--resume {out}: the new stopping rule changes the schedule's length ({before} -> "
-                    f"{schedule_steps(cfg)} steps), and with it the lr and PLD theta; to extend a run, "
+                    f"{after} steps), and with it the lr and PLD theta; to extend a run, "
                     f"give it a fixed length with --set train.total_steps={before}"
                 )
             ckpt = checkpoint.latest_checkpoint(out)
@@ -470,15 +577,19 @@ def _prepare_run_dir(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bo
             "fingerprint": manifest.get("fingerprint"),
             "vocab_size": manifest["vocab_size"],
             "tokenizer_sha256": manifest.get("tokenizer_sha256"),
+            unigram.MANIFEST_KEY: unigram.val_unigram_ce(cfg.data.path, manifest),
         },
     )
-    atomic_write_json(out / "env.json", environment())
+    atomic_write_json(out / "env.json", environment(prec))
     return None
 
 
-def environment() -> dict[str, Any]:
-    """Hardware and software the run used (read by `bertpld report`)."""
+def environment(prec: Precision) -> dict[str, Any]:
+    """Hardware and software the run used, and the precision it computes in (read by `bertpld report`)."""
     env: dict[str, Any] = {
+        "precision": prec.name,
+        "precision_reason": prec.reason,
+        "cpu_bf16": cpu_bf16_support() or None,
         "bertpld": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -562,10 +673,12 @@ def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal) -> str:
         reason = f"max_steps {t.max_steps} reached"
     elif t.max_samples and c.samples >= t.max_samples:
         reason = f"max_samples {t.max_samples} reached"
+    elif t.max_flops and c.flops >= t.max_flops:
+        reason = f"max_flops {t.max_flops:.4g} reached"
     elif t.time_budget and c.wall_s >= t.time_budget:
         reason = f"time budget {t.time_budget:g}s reached"
-    elif t.target_val_loss and c.best_val_loss <= t.target_val_loss:
-        reason = f"target validation loss {t.target_val_loss:g} reached"
+    elif t.target_val_loss and c.best_val_mlm_loss <= t.target_val_loss:
+        reason = f"target validation MLM loss {t.target_val_loss:g} reached"
     if dist.is_distributed():
         # Ranks must agree, every step: a signal reaches ranks at different moments and clocks
         # differ, so any rank that wants to stop stops everyone (one scalar all-reduce).
@@ -574,7 +687,7 @@ def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal) -> str:
     return reason
 
 
-def _save(out, cfg, model, optimizer, scaler, reader, counters: Counters) -> None:
+def _save(out, cfg, model, optimizer, scaler, reader, counters: Counters, precision: Precision) -> None:
     dist.check_replicas_equal(model)
     rngs = [checkpoint.rng_state()]
     readers = [reader.state_dict()]
@@ -592,9 +705,32 @@ def _save(out, cfg, model, optimizer, scaler, reader, counters: Counters) -> Non
             "reader": readers,
             "world_size": dist.world_size(),
         }
-        meta = {k: v for k, v in vars(counters).items() if k != "best_val_loss"}
+        meta = {k: v for k, v in vars(counters).items() if not k.startswith("best_")}
+        meta["precision"] = precision.name
         checkpoint.save_checkpoint(out, counters.step, model, state, meta, cfg.train.keep_checkpoints)
     dist.barrier()
+
+
+def _resumed_precision(ckpt: Path, cfg: PretrainConfig, prec: Precision, device: torch.device) -> Precision:
+    """A resumed run computes in the precision it started in: 'auto' could resolve differently on
+    another machine (or under an older bertpld, which kept CPUs in fp32), and that would change the
+    run. Checkpoints older than this record are taken to be what the old 'auto' chose."""
+    try:
+        saved = json.loads((ckpt / "meta.json").read_text()).get("precision")
+    except (OSError, json.JSONDecodeError) as e:
+        raise BertpldError(f"{ckpt / 'meta.json'}: unreadable ({e})") from None
+    if saved is None and cfg.impl.precision == "auto":
+        saved = "bf16" if device.type == "cuda" else "fp32"
+    if saved is None or saved == prec.name:
+        return prec
+    if cfg.impl.precision != "auto":
+        raise BertpldError(
+            f"--resume: {ckpt} was trained in {saved}, impl.precision now asks for {prec.name}; "
+            "a resumed run must keep its precision"
+        )
+    if saved == "fp16" and device.type != "cuda":
+        raise BertpldError(f"--resume: {ckpt} was trained in fp16, which needs a CUDA device")
+    return Precision(DTYPES[saved], f"resumed in the precision the run started in ({prec.reason} now)")
 
 
 def _restore(ckpt: Path, model, optimizer, scaler, reader, rank: int, world: int) -> Counters:
@@ -659,6 +795,8 @@ class _Progress:
             self.total, self.unit = t.max_steps, "step"
         elif t.max_samples:
             self.total, self.unit = t.max_samples, "samples"
+        elif t.max_flops:
+            self.total, self.unit = t.max_flops, "flops"
         else:
             self.total, self.unit = (t.time_budget or None), "wall_s"
         self.live = sys.stderr.isatty()

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The whole comparison, end to end: prepare -> pre-train Post-LN baseline, Pre-LN (no PLD) and PLD at
-# equal samples -> fine-tune each -> report. Rerunning reuses every finished stage; an interrupted
-# pre-training run is resumed from its last checkpoint.
+# The whole comparison, end to end: prepare -> pre-train the Post-LN baseline, Pre-LN (no PLD) and
+# PLD, each over several seeds -> fine-tune each run -> report (means and spread over seeds).
+# Rerunning reuses every finished stage; an interrupted pre-training run resumes from its last
+# checkpoint.
 #
-#   scripts/reproduce.sh             # SCALE=demo: offline, CPU, ~10-15 min on 2 cores (what `make reproduce` runs)
+#   scripts/reproduce.sh             # SCALE=demo: offline, CPU, ~20 min on 2 cores (what `make reproduce` runs)
 #   SCALE=base scripts/reproduce.sh  # the paper's BERT-base runs on all local GPUs (see README for hardware/time)
+#
+# Demo: every arm gets the same executed-FLOPs budget (configs/demo.toml, train.max_flops) and its
+# own best learning rate from scripts/sweep_lr.py; two seeds per arm. Runs go two at a time, one
+# CPU thread each (on 2 cores that is ~1.6x the throughput of one run on two threads); each pair
+# holds a PLD or Post-LN run beside a run of another arm, so every arm sees the same conditions.
 set -euo pipefail
 SCALE=${SCALE:-demo}
 RUNS=${RUNS:-runs/$SCALE}
@@ -14,15 +20,25 @@ start=$(date +%s)
 if [ "$SCALE" = demo ]; then
   export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1  # everything the demo needs is on this machine
   DATA=${DATA:-data/demo}
+  SEEDS=${SEEDS:-1 2}
+  JOBS=${JOBS:-2}
   PRETRAIN=(bertpld pretrain)
-  # one epoch at a higher lr than BERT-base's 7e-5 suits this 2.7M-parameter model and the time budget
-  FINETUNE_ARGS=(--task rt-polarity --epochs 1 --lr 3e-4)
+  # one epoch at a higher lr than BERT-base's 7e-5 suits this small model and the time budget
+  FINETUNE_ARGS=(--task rt-polarity --epochs 1 --lr 3e-4 --set impl.threads=1)
   say "prepare: offline demo corpus (enwiki dump excerpt + Shakespeare) -> $DATA"
-  bertpld prepare --out "$DATA" --vocab-size 8192 --set prepare.val_fraction=0.03
+  bertpld prepare --out "$DATA" --vocab-size 4096 --set prepare.val_fraction=0.03
   declare -A CONFIG=([postln]=demo [preln]=demo [pld]=demo)
-  declare -A FLAGS=([postln]="--norm post" [preln]="--norm pre" [pld]="--pld")
+  # each arm's best stable lr at this budget (scripts/sweep_lr.py; table in the README)
+  declare -A FLAGS=(
+    [postln]="--norm post --set train.lr=2e-3"
+    [preln]="--norm pre --set train.lr=3e-3"
+    [pld]="--pld --set train.lr=3e-3"
+  )
+  THREADS="--set impl.threads=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))"
 elif [ "$SCALE" = base ]; then
   DATA=${DATA:-data/wiki-books}
+  SEEDS=${SEEDS:-1}
+  JOBS=1
   NGPU=${NGPU:-$(nvidia-smi -L | wc -l)}
   PRETRAIN=(torchrun --standalone --nproc-per-node "$NGPU" -m bertpld.cli pretrain)
   FINETUNE_ARGS=(--task all --seeds 5 --data-dir "${GLUE_DIR:?set GLUE_DIR to a glue_data directory, or unset HF_HUB_OFFLINE to use the hub}")
@@ -30,35 +46,71 @@ elif [ "$SCALE" = base ]; then
   bertpld prepare wikipedia bookcorpus --out "$DATA"
   declare -A CONFIG=([postln]=bert-base-postln [preln]=bert-base-preln [pld]=bert-base-pld)
   declare -A FLAGS=([postln]="" [preln]="" [pld]="")
+  THREADS=""
 else
   echo "error: SCALE=$SCALE: expected demo or base" >&2
   exit 2
 fi
 
-for run in postln preln pld; do
-  out="$RUNS/$run"
-  if [ -f "$out/summary.json" ]; then
-    say "pretrain $run: done already ($out/summary.json)"
-  elif [ -f "$out/config.json" ]; then
-    say "pretrain $run: resuming $out"
-    "${PRETRAIN[@]}" --out "$out" --resume
-  else
-    say "pretrain $run -> $out"
-    # shellcheck disable=SC2086
-    "${PRETRAIN[@]}" --config "${CONFIG[$run]}" --data "$DATA" --out "$out" ${FLAGS[$run]}
-  fi
+# The runs, in the order they are started, JOBS at a time: with two seeds and JOBS=2 the pairs
+# are (postln-s1, pld-s1), (preln-s1, postln-s2), (pld-s2, preln-s2).
+order=()
+for seed in $SEEDS; do
+  for arm in postln pld preln; do order+=("$arm-s$seed"); done
 done
 
-for run in postln preln pld; do
-  task=${FINETUNE_ARGS[1]}
-  if [ -f "$RUNS/$run/finetune/$task/results.json" ] || [ -f "$RUNS/$run/finetune/glue.json" ]; then
-    say "finetune $run: done already"
-  else
-    say "finetune $run ($task)"
-    bertpld finetune --from "$RUNS/$run" "${FINETUNE_ARGS[@]}"
+pretrain_one() {  # NAME: fresh, resumed or already done; output in $RUNS/NAME.log
+  local name=$1 arm=${1%-s*} seed=${1##*-s} out="$RUNS/$1"
+  if [ -f "$out/summary.json" ]; then
+    echo "pretrain $name: done already"
+    return 0
   fi
-done
+  echo "pretrain $name -> $out (log: $RUNS/$name.log)"
+  # shellcheck disable=SC2086
+  "${PRETRAIN[@]}" --config "${CONFIG[$arm]}" --data "$DATA" --out "$out" --resume --seed "$seed" \
+    ${FLAGS[$arm]} $THREADS >"$RUNS/$name.log" 2>&1
+  tail -n 1 "$RUNS/$name.log"
+}
+
+finetune_one() {
+  local out="$RUNS/$1" task=${FINETUNE_ARGS[1]}
+  if [ -f "$out/finetune/$task/results.json" ] || [ -f "$out/finetune/glue.json" ]; then
+    echo "finetune $1: done already"
+    return 0
+  fi
+  echo "finetune $1 ($task; log: $RUNS/$1.finetune.log)"
+  bertpld finetune --from "$out" "${FINETUNE_ARGS[@]}" >"$RUNS/$1.finetune.log" 2>&1
+  tail -n 1 "$RUNS/$1.finetune.log"
+}
+
+in_batches() {  # FUNCTION NAME...: JOBS at a time; stop at the first failure
+  local fn=$1
+  shift
+  local names=("$@") i pid status=0
+  for ((i = 0; i < ${#names[@]}; i += JOBS)); do
+    local pids=()
+    for name in "${names[@]:i:JOBS}"; do
+      "$fn" "$name" &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+    if [ "$status" != 0 ]; then
+      echo "error: a run failed (exit $status); see the logs in $RUNS" >&2
+      exit "$status"
+    fi
+  done
+}
+
+mkdir -p "$RUNS"
+say "pretrain: ${#order[@]} runs, $JOBS at a time"
+in_batches pretrain_one "${order[@]}"
+say "finetune"
+in_batches finetune_one "${order[@]}"
 
 say "report"
-bertpld report "$RUNS/postln" "$RUNS/preln" "$RUNS/pld" --out "$RUNS/report"
+reported=()
+for arm in postln preln pld; do
+  for seed in $SEEDS; do reported+=("$RUNS/$arm-s$seed"); done
+done
+bertpld report "${reported[@]}" --out "$RUNS/report"
 say "done in $(( $(date +%s) - start )) s: open $RUNS/report/report.html"

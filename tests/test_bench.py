@@ -38,3 +38,69 @@ def test_bench_model_smoke(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert 0 < result["unpad"]["real_token_fraction"] < 1 and result["unpad"]["flops_ratio"] < 1
     assert result["pld"]["flops_ratio"] < 1 and result["presets"][0]["preset"] == "tiny"
+
+
+TINY_TOML = """
+[model]
+preset = "tiny"
+max_position_embeddings = 32
+[data]
+objective = "mlm"
+max_seq_len = 32
+[train]
+global_batch_size = 4
+max_steps = 3
+eval_every = 0
+eval_batches = 2
+warmup = 1
+[impl]
+micro_batch_size = 4
+"""
+
+
+def test_sweep_lr_smoke(tmp_path: Path) -> None:
+    from tests.conftest import make_prepared_data
+
+    data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    args = [sys.executable, str(ROOT / "scripts" / "sweep_lr.py"), "--data", str(data)]
+    args += ["--config", str(tmp_path / "tiny.toml"), "--arms", "post,pld", "--lrs", "1e-3,1e-2"]
+    args += ["--out", str(tmp_path / "sweep"), "--jobs", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+    assert [(r["arm"], r["lr"]) for r in rows] == [
+        ("post", 1e-3),
+        ("post", 1e-2),
+        ("pld", 1e-3),
+        ("pld", 1e-2),
+    ]
+    for r in rows:
+        assert r["steps"] == [3] and r["verdicts"][0] in ("ok", "stuck")
+        summary = json.loads(
+            (tmp_path / "sweep" / f"{r['arm']}-lr{r['lr']:g}-s1" / "summary.json").read_text()
+        )
+        assert r["final_val_mlm_loss"] == [summary["final_val_mlm_loss"]]
+    assert "| post | 0.001 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+    # a rerun reuses the finished runs
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert (
+        again.returncode == 0 and json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"] == rows
+    )
+
+
+def test_bench_train_precision_smoke(tmp_path: Path) -> None:
+    from tests.conftest import make_prepared_data
+
+    data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    args = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--data", str(data)]
+    args += ["--config", str(tmp_path / "tiny.toml"), "--steps", "2", "--repeats", "1", "--skip-ddp"]
+    args += ["--skip-pld", "--precision", "--out", str(tmp_path / "b.json")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["precision_speedup"] > 0 and len(result["fp32_tokens_per_s"]) == 1
+    assert "auto / fp32 throughput" in done.stdout

@@ -28,7 +28,7 @@ from bertpld.config import (
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.toml")), ids=lambda p: p.stem)
 def test_every_shipped_config_loads(path: Path) -> None:
     cfg = load_config(PretrainConfig, path)
-    assert cfg.train.max_steps or cfg.train.max_samples or cfg.train.time_budget
+    assert cfg.train.max_steps or cfg.train.max_samples or cfg.train.max_flops or cfg.train.time_budget
     assert config_from_dict(PretrainConfig, config_to_dict(cfg)) == cfg
 
 

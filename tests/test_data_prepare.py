@@ -242,3 +242,37 @@ def test_literal_special_tokens_in_text_are_plain_text(tmp_path, corpus):
     tok = load_tokenizer(tmp_path / "d" / "tokenizer.json")
     last_doc = sh.tokens[sh.sentence_offsets[sh.document_offsets[-2]] :]
     assert tok.decode(last_doc[:30].tolist()).startswith("write [ mask ] or [ sep ] in a sentence")
+
+
+def test_manifest_holds_the_unigram_line(tmp_path, corpus):
+    """The validation tokens' cross-entropy under the training tokens' add-0.5 unigram, specials
+    excluded, recomputed here from the shard files with plain numpy and a Python loop."""
+    import math
+    from collections import Counter
+
+    from bertpld.data import unigram
+
+    out = tmp_path / "data"
+    m = prep.prepare(_cfg(corpus), out, progress=False)
+
+    def counts(split):
+        c = Counter()
+        for rec in m["splits"][split]["shards"]:
+            with np.load(out / rec["path"]) as z:
+                c.update(z["tokens"].tolist())
+        return c
+
+    train, val = counts("train"), counts("val")
+    regular = [i for i in range(m["vocab_size"]) if i not in m["special_tokens"].values()]
+    total = sum(train[i] for i in regular) + 0.5 * len(regular)
+    n_val = sum(val[i] for i in regular)
+    expected = -sum(val[i] * math.log((train[i] + 0.5) / total) for i in regular) / n_val
+    assert m["val_unigram_ce"] == pytest.approx(expected, abs=1e-6)
+    assert 4.0 < m["val_unigram_ce"] < math.log(400)  # below the uniform distribution's loss
+
+    # data prepared before the field existed: computed from the shards on demand, the same number
+    old = {k: v for k, v in m.items() if k != "val_unigram_ce"}
+    assert unigram.val_unigram_ce(out, old) == pytest.approx(expected, rel=1e-9)
+    # no validation data: no line, and no error
+    none = prep.prepare(_cfg(corpus, val_fraction=0.0), tmp_path / "noval", progress=False)
+    assert none["val_unigram_ce"] is None

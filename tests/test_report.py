@@ -394,3 +394,109 @@ def test_speed_up_compares_crossing_with_crossing(tmp_path: Path) -> None:
         ttt = rep[name]["time_to_target"]
         assert ttt["flops"] == pytest.approx(2e12)
         assert ttt["speedup_flops"] == pytest.approx(1.0) and ttt["speedup_wall_s"] == pytest.approx(1.0)
+
+
+def _mlm_run(root: Path, name: str, norm: str, pld: bool, seed: int, val: dict[int, float], unigram=7.0):
+    """A run that logged MLM and NSP losses apart, on data whose unigram line is `unigram`."""
+    cfg = _config(norm, pld, lr=1e-3)
+    cfg["train"]["seed"] = seed
+    rows = _rows([1e12, 2e12, 3e12, 4e12], [10, 20, 30, 40], [6.0, 5.5, 5.0, 4.5], {})
+    for r in rows:
+        r.update(mlm_loss=r["loss"] - 0.6, nsp_loss=0.6)
+        if r["step"] in val:
+            r.update(val_mlm_loss=val[r["step"]], val_nsp_loss=0.69, val_loss=val[r["step"]] + 0.69)
+    data = {**DATA, "val_unigram_ce": unigram} if unigram is not None else DATA
+    return make_run(root, name, cfg, rows, data=data)
+
+
+def test_seeds_form_arms_with_mean_spread_and_a_noise_verdict(tmp_path: Path) -> None:
+    runs = [
+        _mlm_run(tmp_path, "post-s1", "post", False, 1, {20: 5.0, 40: 4.1}),
+        _mlm_run(tmp_path, "post-s2", "post", False, 2, {20: 5.0, 40: 3.9}),
+        _mlm_run(tmp_path, "pld-s1", "pre", True, 1, {20: 4.5, 40: 3.95}),
+        _mlm_run(tmp_path, "pld-s2", "pre", True, 2, {20: 4.5, 40: 4.05}),
+        _mlm_run(tmp_path, "pre-s1", "pre", False, 1, {20: 4.5, 40: 3.0}),
+        _mlm_run(tmp_path, "pre-s2", "pre", False, 2, {20: 4.5, 40: 3.1}),
+    ]
+    res = write_report(runs, tmp_path / "rep")
+    rep = res.report
+    assert rep["loss_metric"] == "validation MLM loss" and rep["baseline_seeds"] == 2
+    assert rep["target_val_loss"] == pytest.approx(4.0)  # the baseline arm's mean final MLM loss
+    arms = {a["name"]: a for a in rep["arms"]}
+    assert set(arms) == {"post", "pld", "pre"} and arms["post"]["runs"] == ["post-s1", "post-s2"]
+    assert arms["post"]["is_baseline"]
+    st = arms["pld"]["stats"]["final_loss"]
+    assert (st["mean"], st["min"], st["max"], st["n"]) == pytest.approx((4.0, 3.95, 4.05, 2))
+    assert arms["pld"]["stats"]["beyond_unigram"]["mean"] == pytest.approx(3.0)
+    # PLD - baseline = 0.0 inside a seed range of 0.2: within noise; Pre-LN's -0.95 is not
+    d = arms["pld"]["vs_baseline"]["final_loss"]
+    assert d["diff"] == pytest.approx(0.0) and d["spread"] == pytest.approx(0.2)
+    assert d["verdict"] == "within noise"
+    assert arms["pre"]["vs_baseline"]["final_loss"]["verdict"] == "beyond noise"
+    assert rep["headline"]["pld / post"]["final_loss"]["verdict"] == "within noise"
+    assert rep["headline"]["pre / post"]["final_loss"]["diff"] == pytest.approx(-0.95)
+    # time-to-target of post-s2 (4.0 crossed 0.5 of the way from step 20 to 40) and the baseline's
+    # own cost: post-s1 never reaches the mean, so its whole run (4e12) counts for it
+    t = _by_name(rep)["post-s2"]["time_to_target"]
+    assert t["flops"] == pytest.approx(2e12 + (5.0 - 4.0) / (5.0 - 3.9) * 2e12)
+    assert t["speedup_flops"] == pytest.approx(((4e12 + t["flops"]) / 2) / t["flops"])
+    assert _by_name(rep)["post-s1"]["time_to_target"] == {"reached": False}
+    assert arms["pld"]["reached"] == 1 and rep["headline"]["pld / post"]["reached"] is False
+    md = (tmp_path / "rep" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| pld |"))
+    assert "4.0000 (3.9500 – 4.0500)" in row and "+0.000 (within noise, seed spread 0.200)" in row
+    assert "Arms: mean and spread over seeds" in md
+
+
+def test_one_seed_arms_say_the_noise_is_unknown(three_runs: dict[str, Path], tmp_path: Path) -> None:
+    rep = write_report(list(three_runs.values()), tmp_path / "rep").report
+    assert rep["headline"]["pld / post"]["final_loss"]["verdict"] == "one seed: noise unknown"
+
+
+def test_unigram_line_beyond_it_and_a_loud_warning_near_it(tmp_path: Path) -> None:
+    post = _mlm_run(tmp_path, "post", "post", False, 1, {20: 6.95, 40: 6.9})
+    pld = _mlm_run(tmp_path, "pld", "pre", True, 1, {20: 6.0, 40: 5.5})
+    rep = write_report([post, pld], tmp_path / "rep").report
+    assert rep["unigram"] == 7.0
+    runs = _by_name(rep)
+    assert runs["pld"]["beyond_unigram"] == pytest.approx(1.5)
+    assert runs["post"]["beyond_unigram"] == pytest.approx(0.1)
+    near = [w for w in rep["warnings"] if w.startswith("NEAR THE UNIGRAM LINE")]
+    assert len(near) == 1 and near[0].startswith(
+        "NEAR THE UNIGRAM LINE: post ends at validation MLM loss 6.900"
+    )
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Unigram line: 7.000 nats" in md
+    # run | final train loss | final val loss | final val MLM loss | below unigram
+    assert "| pld | 4.5000 | 6.1900 | 5.5000 | 1.500 nats |" in md
+
+
+def test_unigram_line_of_data_prepared_before_it_existed(tmp_path: Path) -> None:
+    from bertpld.data import unigram
+    from tests.conftest import make_prepared_data
+
+    data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
+    manifest = json.loads((data / "manifest.json").read_text())
+    expected = manifest.pop("val_unigram_ce")
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    run = _mlm_run(tmp_path, "post", "post", False, 1, {40: 4.0}, unigram=None)
+    (run / "data.json").write_text(json.dumps({**DATA, "path": str(data)}))
+    rep = write_report([run], tmp_path / "rep").report
+    assert rep["unigram"] == pytest.approx(expected) and expected == pytest.approx(
+        unigram.val_unigram_ce(data, manifest)
+    )
+    (run / "data.json").write_text(json.dumps({**DATA, "path": str(tmp_path / "gone")}))
+    rep = write_report([run], tmp_path / "rep2").report
+    assert rep["unigram"] is None and any("unigram line unknown" in w for w in rep["warnings"])
+
+
+def test_runs_before_the_loss_split_are_compared_on_the_total(three_runs: dict[str, Path], tmp_path: Path):
+    rep = write_report(list(three_runs.values()), tmp_path / "rep").report
+    assert rep["loss_metric"] == "validation loss (MLM + NSP)" and not rep["loss_is_mlm"]
+    assert any("predate(s) separate MLM and NSP losses" in w for w in rep["warnings"])
+    # an MLM-only run from before the split: its val_loss is the MLM loss, no warning
+    cfg = _config("post", False)
+    cfg["data"]["objective"] = "mlm"
+    run = make_run(tmp_path, "mlm", cfg, _rows([1, 2, 3, 4], [1, 2, 3, 4], [6, 5, 4, 3], {40: 4.5}))
+    rep = write_report([run], tmp_path / "rep2").report
+    assert rep["loss_is_mlm"] and _by_name(rep)["mlm"]["final_val_mlm_loss"] == 4.5

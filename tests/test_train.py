@@ -43,8 +43,8 @@ def data(tmp_path_factory) -> Path:
     return make_prepared_data(tmp_path_factory.mktemp("train"), vocab_size=400, val_fraction=0.1)
 
 
-def make_cfg(data: Path, **sections) -> PretrainConfig:
-    layers = [TINY, {"data": {"path": str(data)}}, *({k: v} for k, v in sections.items())]
+def make_cfg(data_dir: Path, **sections) -> PretrainConfig:
+    layers = [TINY, {"data": {"path": str(data_dir)}}, *({k: v} for k, v in sections.items())]
     return load_config(PretrainConfig, None, *layers)
 
 
@@ -279,8 +279,10 @@ def test_stops_on_time_budget_and_on_target_validation_loss(data: Path, tmp_path
         data, train={"target_val_loss": 6.0, "total_steps": 200, "max_steps": 200, "eval_every": 2}
     )
     summary = pretrain(target, tmp_path / "target")
-    assert summary["stop_reason"] == "target validation loss 6 reached"
-    assert summary["best_val_loss"] <= 6.0 and summary["steps"] < 200 and summary["steps"] % 2 == 0
+    assert summary["stop_reason"] == "target validation MLM loss 6 reached"
+    # the target is the MLM loss: the total (MLM + NSP) is still above it
+    assert summary["best_val_mlm_loss"] <= 6.0 < summary["best_val_loss"]
+    assert summary["steps"] < 200 and summary["steps"] % 2 == 0
 
 
 def test_resume_a_run_saved_before_impl_unpad_existed(data: Path, tmp_path: Path) -> None:
@@ -298,3 +300,124 @@ def test_resume_a_run_saved_before_impl_unpad_existed(data: Path, tmp_path: Path
     assert res.exit_code == 0, res.output
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
     assert json.loads((run / "config.json").read_text())["impl"]["unpad"] is False
+
+
+def test_losses_are_logged_apart_and_validation_mlm_loss_is_per_token(data: Path, tmp_path: Path) -> None:
+    from bertpld.data.reader import PretrainReader
+    from bertpld.model import BertForPreTraining
+
+    cfg = make_cfg(data, train={"max_steps": 8, "eval_every": 4, "log_every": 2}, impl={"precision": "fp32"})
+    summary = pretrain(cfg, tmp_path / "run")
+    metrics = rows(tmp_path / "run")
+    for r in metrics:
+        assert {"loss", "mlm_loss", "nsp_loss", "nsp_acc"} <= r.keys()
+        assert r["loss"] == pytest.approx(r["mlm_loss"] + r["nsp_loss"], rel=1e-5)
+        assert 0 <= r["nsp_acc"] <= 1
+    ev = [r for r in metrics if "val_loss" in r]
+    assert len(ev) == 2
+    for r in ev:
+        assert r["val_loss"] == pytest.approx(r["val_mlm_loss"] + r["val_nsp_loss"], rel=1e-9)
+    assert summary["final_val_mlm_loss"] == ev[-1]["val_mlm_loss"]
+    assert summary["final_val_nsp_acc"] == ev[-1]["val_nsp_acc"]
+
+    # the validation MLM loss, recomputed independently: the mean over every masked token
+    model = BertForPreTraining(cfg.model, nsp=True)
+    model.load_state_dict(checkpoint.load_model_weights(checkpoint.latest_checkpoint(tmp_path / "run")))
+    model.eval()
+    reader = PretrainReader(data, cfg.data, "val", cfg.impl.micro_batch_size, 0, 0, 1)
+    total, count, correct, seqs = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for i, b in enumerate(reader):
+            if i == cfg.train.eval_batches:
+                break
+            out = model(**b)
+            logp = torch.log_softmax(out.mlm_logits.double(), -1)
+            used = b["mlm_labels"] != -100
+            total -= logp[used].gather(-1, b["mlm_labels"][used][:, None]).sum().item()
+            count += int(used.sum())
+            correct += int((out.nsp_logits.argmax(-1) == b["nsp_labels"]).sum())
+            seqs += len(b["nsp_labels"])
+    assert ev[-1]["val_mlm_loss"] == pytest.approx(total / count, rel=1e-4)
+    assert ev[-1]["val_nsp_acc"] == pytest.approx(correct / seqs)
+
+    mlm = make_cfg(data, data={"objective": "mlm"}, train={"max_steps": 4, "eval_every": 4})
+    pretrain(mlm, tmp_path / "mlm")
+    last = rows(tmp_path / "mlm")[-1]
+    assert "nsp_loss" not in last and "val_nsp_loss" not in last
+    assert last["val_loss"] == last["val_mlm_loss"] and last["loss"] == pytest.approx(last["mlm_loss"])
+
+
+def test_flops_budget_steps_against_a_step_by_step_sum() -> None:
+    from bertpld import pld as P
+    from bertpld.train import expected_step_flops, flops_budget_steps
+
+    base = {"model": {"vocab_size": 400, **TINY["model"], "num_layers": 6}, "data": TINY["data"]}
+    for variant in ("paper", "deepspeed"):
+        for budget in (3e11, 1.1e12):
+            cfg = load_config(
+                PretrainConfig,
+                None,
+                base,
+                {"model": {"norm": "pre"}, "pld": {"enabled": True, "variant": variant}},
+                {"train": {"max_flops": budget, "global_batch_size": 8}},
+            )
+            steps = flops_budget_steps(cfg, 50.0)
+
+            def spent(T: int, cfg=cfg, variant=variant) -> float:
+                """Expected FLOPs of a run scheduled for T steps, summed step by step."""
+                gamma = 100 / T
+                return sum(
+                    expected_step_flops(cfg, P.expected_blocks(P.theta(t, 0.5, gamma), 6, variant), 50.0)
+                    for t in range(T)
+                )
+
+            assert spent(steps) >= budget > spent(steps - 1)
+    plain = load_config(PretrainConfig, None, base, {"train": {"max_flops": 1e12, "global_batch_size": 8}})
+    per_step = expected_step_flops(plain, 6, 50.0)
+    assert flops_budget_steps(plain, 50.0) == -(-1e12 // per_step)
+
+
+def test_a_flops_budget_stops_the_run_and_sets_the_schedule(data: Path, tmp_path: Path) -> None:
+    budget = 4e10
+    summaries = {}
+    for arm, sections in (("pre", {"model": {"norm": "pre"}}), ("pld", {**pld(), "train": {}})):
+        cfg = make_cfg(data, **{**sections, "train": {"max_flops": budget, "eval_every": 0, "save_every": 0}})
+        summaries[arm] = s = pretrain(cfg, tmp_path / arm)
+        per_step = s["flops"] / s["steps"]
+        assert budget <= s["flops"] < budget + per_step * 1.5  # stopped at the first step past the budget
+        assert s["stop_reason"].startswith("max_flops")
+        # the schedule spans what the budget buys: exactly without PLD; with PLD up to the
+        # randomness of the gates (2 blocks here, so a few percent)
+        assert abs(s["steps"] - s["scheduled_steps"]) <= (1 if arm == "pre" else 0.06 * s["steps"])
+        lrs = [r["lr"] for r in rows(tmp_path / arm) if "lr" in r]
+        assert lrs[-1] < 0.1 * cfg.train.lr  # the linear decay ran its course
+    # PLD executes fewer blocks per step, so the same budget buys it more steps
+    assert summaries["pld"]["steps"] > summaries["pre"]["steps"]
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_in(data: Path, tmp_path: Path, monkeypatch) -> None:
+    import bertpld.device as D
+
+    monkeypatch.setattr(D, "cpu_bf16_support", lambda: "")  # a CPU without bf16: auto is fp32
+    run = tmp_path / "run"
+    fixed = {"total_steps": 6, "save_every": 2, "eval_every": 0}
+    pretrain(make_cfg(data, train={"max_steps": 4, **fixed}), run)
+    assert json.loads((run / "env.json").read_text())["precision"] == "fp32"
+    meta = run / "checkpoints" / "step-000000004" / "meta.json"
+    assert json.loads(meta.read_text())["precision"] == "fp32"
+    monkeypatch.setattr(D, "cpu_bf16_support", lambda: "AMX")  # resumed where auto means bf16
+    summary = pretrain(make_cfg(data, train={"max_steps": 6, **fixed}), run, resume=True)
+    assert summary["steps"] == 6
+    assert (
+        json.loads((run / "checkpoints" / "step-000000006" / "meta.json").read_text())["precision"] == "fp32"
+    )
+    # a checkpoint from before precision was recorded: the old auto, fp32 on a CPU
+    saved = json.loads(meta.read_text())
+    del saved["precision"]
+    meta.write_text(json.dumps(saved))
+    from bertpld.train import _resumed_precision
+
+    cfg = make_cfg(data)
+    now = D.resolve_precision("auto", torch.device("cpu"))
+    assert now.name == "bf16"
+    assert _resumed_precision(meta.parent, cfg, now, torch.device("cpu")).name == "fp32"

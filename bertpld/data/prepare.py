@@ -29,6 +29,7 @@ from bertpld import __version__
 from bertpld.atomic import atomic_write_bytes, atomic_write_json
 from bertpld.config import PrepareConfig, config_differences, config_to_dict
 from bertpld.data import text as text_mod
+from bertpld.data import unigram
 from bertpld.data.shards import FORMAT, MANIFEST, PROGRESS, Shard, sha256_file, token_dtype, write_shard
 from bertpld.data.sources import Document, SourceStats, iter_documents
 from bertpld.data.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
@@ -186,6 +187,10 @@ def prepare(
         "replaced_bytes": text_mod.replaced_bytes() - replaced0,
         "timing_s": {"tokenizer": round(t_tok, 3), "encode_and_write": round(t_enc, 3)},
     }
+    # the loss of a model that ignores context (see bertpld.data.unigram); none without validation data
+    manifest[unigram.MANIFEST_KEY] = (
+        round(unigram.val_unigram_ce(out, manifest), 6) if manifest["splits"]["val"]["tokens"] else None
+    )
     atomic_write_json(out / MANIFEST, manifest)
     _summary(console, out, manifest, time.perf_counter() - t0)
     return manifest
@@ -446,3 +451,9 @@ def _summary(console: Any, out: Path, manifest: dict[str, Any], seconds: float) 
         f"vocab {manifest['vocab_size']:,} ({manifest['token_dtype']}), "
         f"invalid UTF-8 bytes replaced: {manifest['replaced_bytes']:,}, fingerprint {manifest['fingerprint'][:12]}"
     )
+    ce = manifest.get(unigram.MANIFEST_KEY)
+    if ce is not None:
+        console.print(
+            f"unigram line: {ce:.3f} nats (validation cross-entropy under the training token frequencies; "
+            "the MLM loss of a model that ignores context)"
+        )

@@ -123,7 +123,10 @@ class PretrainReader:
             int(special[t]) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
         )
         self.nsp = cfg.objective == "mlm+nsp"
-        self.predictions = cfg.predictions_per_seq
+        # validation masks at its own, fixed rate (data.val_mask_prob), so runs trained with
+        # different masking rates are measured alike
+        self.mask_prob = cfg.val_mask_prob if split == "val" else cfg.mask_prob
+        self.predictions = cfg.val_predictions_per_seq if split == "val" else cfg.predictions_per_seq
         # room for [CLS] A [SEP] (B [SEP])
         self.max_tokens = cfg.max_seq_len - (3 if self.nsp else 2)
 
@@ -236,6 +239,13 @@ class PretrainReader:
         """Instances of the whole split (all ranks) in one epoch."""
         return len(self._val) if self.split == "val" else len(self._epoch(epoch)[0])
 
+    def mean_tokens_per_sequence(self) -> float:
+        """Mean real tokens per sequence ([CLS] and [SEP]s included) over the whole split's
+        instances of epoch 0 (what a FLOPs budget expects a sequence to cost)."""
+        inst = self._val if self.split == "val" else self._epoch(0)[0]
+        specials = np.where(inst.b_len > 0, 3, 2)
+        return float((inst.a_len + inst.b_len + specials).mean())
+
     def rank_indices(self, epoch: int = 0) -> np.ndarray:
         """Indices of the instances this rank reads in `epoch`, in reading order."""
         if self.split == "val":
@@ -295,7 +305,7 @@ class PretrainReader:
         types = ((j >= b_first) & (j <= seq_end) & has_b).astype(np.int64)
         candidates = real & ~self._is_special[ids]
         positions, labels = mask_tokens(
-            ids, candidates, keys, self.cfg.mask_prob, self.predictions, self.mask_id, self._replacement
+            ids, candidates, keys, self.mask_prob, self.predictions, self.mask_id, self._replacement
         )
         batch = {
             "input_ids": ids,

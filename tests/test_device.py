@@ -1,0 +1,51 @@
+"""impl.precision: bf16 on CPUs with native bf16 matmuls, fp32 elsewhere, and the reason said."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bertpld.device import cpu_bf16_support, resolve_precision
+from bertpld.errors import BertpldError
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected", "named"),
+    [
+        (True, False, torch.bfloat16, "AMX"),
+        (False, True, torch.bfloat16, "AVX512-BF16"),
+        (True, True, torch.bfloat16, "AMX"),
+        (False, False, torch.float32, "no native bf16"),
+    ],
+)
+def test_auto_on_cpu_follows_the_hardware(monkeypatch, amx, avx512_bf16, expected, named) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    prec = resolve_precision("auto", CPU)
+    assert prec.dtype == expected
+    assert prec.name == ("bf16" if expected == torch.bfloat16 else "fp32")
+    assert named in prec.reason and prec.reason.startswith("auto")
+
+
+def test_a_torch_without_the_queries_stays_in_fp32(monkeypatch) -> None:
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert cpu_bf16_support() == ""
+    assert resolve_precision("auto", CPU).dtype == torch.float32
+
+
+def test_explicit_precision_is_taken_as_asked(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    bf16 = resolve_precision("bf16", CPU)  # slow without hardware support, but asked for
+    assert bf16.dtype == torch.bfloat16 and bf16.reason == "impl.precision=bf16"
+    assert resolve_precision("fp32", CPU).dtype == torch.float32
+    with pytest.raises(BertpldError, match=r"^impl.precision: fp16 needs a CUDA device"):
+        resolve_precision("fp16", CPU)
+
+
+def test_auto_on_gpu_is_bf16() -> None:
+    prec = resolve_precision("auto", torch.device("cuda", 0))  # a device object; nothing runs on it
+    assert prec.dtype == torch.bfloat16 and prec.reason == "auto: bf16 on GPU"
