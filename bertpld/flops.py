@@ -9,7 +9,7 @@ Per token of an executed block, forward (h hidden, I FFN width, s sequence lengt
     Q, K, V and output projections   8 h^2
     FFN (two matrices)               4 h I        (16 h^2 when I = 4h)
     attention scores + weighted sum  4 s h
-i.e. 24 h^2 + 4 s h for BERT's I = 4h (METHOD.md section 4). With the padding removed the first
+i.e. 24 h^2 + 4 s h for BERT's I = 4h (docs/METHOD.md section 4). With the padding removed the first
 two terms count real tokens only; attention still runs over the padded sequence.
 """
 

@@ -122,7 +122,7 @@ def dev_suffix(split: str) -> str:
 
 
 PAPER_ORDER = ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli", "wnli"]
-"""Column order of the paper's GLUE table (METHOD.md section 5), WNLI appended."""
+"""Column order of the paper's GLUE table (docs/METHOD.md section 5), WNLI appended."""
 AVERAGE_EXCLUDES = ("wnli",)
 """Left out of the GLUE average, as BERT and the paper do (its dev set is adversarial to fine-tuning)."""
 

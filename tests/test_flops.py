@@ -1,4 +1,4 @@
-"""Analytic FLOPs against METHOD.md section 4 and against torch's FlopCounterMode on the real model.
+"""Analytic FLOPs against docs/METHOD.md section 4 and against torch's FlopCounterMode on the real model.
 
 What FlopCounterMode does not count (and neither does `step_flops`): softmax, GELU, LayerNorm,
 dropout, residual and bias adds, embedding lookups and their backward (index_add), the losses.

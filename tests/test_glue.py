@@ -97,12 +97,84 @@ def write_glue_tsv(root):
     return root
 
 
+# What write_glue_tsv's rows must load as: per task and split, every row's
+# (text_a, text_b, label name or score), in file order (QQP's malformed row skipped).
+GLUE_TSV_ROWS = {
+    "cola": {
+        "train": [
+            ("The sailors rode the breeze clear of the rocks.", None, "acceptable"),
+            ("Rode the.", None, "unacceptable"),
+        ],
+        "validation": [
+            ("Rode the.", None, "unacceptable"),
+            ("The sailors rode the breeze clear of the rocks.", None, "acceptable"),
+        ],
+    },
+    "sst2": {
+        "train": [("a gorgeous film", None, "positive"), ("dull , dull", None, "negative")],
+        "validation": [("it 's a charming journey", None, "positive")],
+    },
+    "mrpc": {
+        split: [
+            ('He said "yes .', "He agreed .", "equivalent"),
+            ("Stocks fell .", "It rained .", "not_equivalent"),
+        ]
+        for split in ("train", "validation")
+    },
+    "qqp": {
+        split: [
+            ("How do I learn Python?", "What is the best way to learn Python?", "duplicate"),
+            ("Who wrote Hamlet?", "What is a prime number?", "not_duplicate"),
+        ]
+        for split in ("train", "validation")
+    },
+    "stsb": {
+        split: [("A plane takes off.", "A plane.", 5.0), ("A man plays.", "A cat eats.", 0.5)]
+        for split in ("train", "validation")
+    },
+    "mnli": {
+        "train": [
+            ("A man sleeps.", "A person rests.", "entailment"),
+            ("A man sleeps.", "A man runs.", "contradiction"),
+            ("A man sleeps.", "He is tall.", "neutral"),
+        ],
+        "validation_matched": [("A man sleeps.", "A person rests.", "entailment")],
+        "validation_mismatched": [
+            ("A man sleeps.", "He is tall.", "neutral"),
+            ("A man sleeps.", "A person rests.", "entailment"),
+        ],
+    },
+    "qnli": {
+        "train": [("Who?", "Him.", "entailment")],
+        "validation": [("Why?", "No.", "not_entailment")],
+    },
+    "rte": {
+        split: [
+            ("Dogs bark.", "Dogs make noise.", "entailment"),
+            ("Dogs bark.", "Cats bark.", "not_entailment"),
+        ]
+        for split in ("train", "validation")
+    },
+    "wnli": {
+        split: [
+            ("The cup fell.", "It fell.", "entailment"),
+            ("Tom hit Bob.", "Bob hit Tom.", "not_entailment"),
+        ]
+        for split in ("train", "validation")
+    },
+}
+
+
 def test_every_glue_task_loads_from_tsv(glue_dir):
+    assert sorted(GLUE_TSV_ROWS) == sorted(glue.GLUE_TASKS)
     for name in glue.GLUE_TASKS:
-        splits = glue.load_task(glue.TASKS[name], glue_dir.parent)  # DIR/glue_data/<TASK> is found too
-        assert set(splits) == {"train", *glue.TASKS[name].dev}
-        for s in splits.values():
-            assert len(s) >= 1 and s.labels is not None and len(s.labels) == len(s)
+        task = glue.TASKS[name]
+        splits = glue.load_task(task, glue_dir.parent)  # DIR/glue_data/<TASK> is found too
+        assert set(splits) == {"train", *task.dev} == set(GLUE_TSV_ROWS[name]), name
+        for split, s in splits.items():
+            text_b = s.text_b or [None] * len(s)
+            labels = [task.labels[i] if task.labels else i for i in s.labels.tolist()]
+            assert list(zip(s.text_a, text_b, labels)) == GLUE_TSV_ROWS[name][split], (name, split)
 
 
 def test_cola_header_less(glue_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -14,7 +15,12 @@ from bertpld.config import PretrainConfig, config_to_dict
 from bertpld.errors import BertpldError
 from bertpld.report import glue_scores, load_run, time_to_target, write_report
 
-DATA = {"path": "data/demo", "fingerprint": "f" * 64, "vocab_size": 1000, "tokenizer_sha256": "t" * 64}
+DATA = {
+    "path": "/nonexistent/data/demo",
+    "fingerprint": "f" * 64,
+    "vocab_size": 1000,
+    "tokenizer_sha256": "t" * 64,
+}
 ENV = {"device": "cpu", "device_name": "Test CPU", "gpu_count": 0, "world_size": 1, "torch": "2.13.0"}
 
 
@@ -211,7 +217,7 @@ def test_report_numbers(three_runs: dict[str, Path], tmp_path: Path) -> None:
     assert h["pld / post"]["flops"] == pytest.approx(0.75)
     assert h["pld / pre"]["wall_s"] == pytest.approx(30 / 44)
     assert h["pld / pre"]["speedup_flops"] == pytest.approx(3.2 / 2.3)
-    # the paper's averages by our rule, from its table in METHOD.md
+    # the paper's averages by our rule, from its table in docs/METHOD.md section 5
     assert rep["paper"]["glue_average_by_our_rule"]["PLD"] == pytest.approx(82.125)
     assert rep["paper"]["glue_average_by_our_rule"]["BERT-base (their baseline)"] == pytest.approx(80.9625)
 
@@ -220,6 +226,202 @@ def test_report_numbers(three_runs: dict[str, Path], tmp_path: Path) -> None:
     assert set(fields) == {"model.norm", "pld.enabled", "train.lr"}
     assert fields["train.lr"] == {"post": 1e-4, "pld": 1e-3, "pre": 1e-3}
     assert not [w for w in rep["warnings"] if "DIFFERENT" in w]
+
+
+def _md_tables(md: str) -> list[list[list[str]]]:
+    """Every Markdown table of report.md as [header, *rows], each a list of its cells' text."""
+    tables, current = [], None
+    for line in md.splitlines():
+        if not line.startswith("|"):
+            current = None
+            continue
+        if set(line) <= set("|-"):  # the separator under the header
+            continue
+        if current is None:
+            current = []
+            tables.append(current)
+        current.append([c.strip() for c in line.strip()[1:-1].split(" | ")])
+    return tables
+
+
+def _html_tables(page: str) -> list[list[list[str]]]:
+    """Every <table> of report.html as [header, *rows], each a list of its cells' unescaped text."""
+    return [
+        [
+            [html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", tr, re.S)]
+            for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S)
+        ]
+        for table in re.findall(r"<table>(.*?)</table>", page, re.S)
+    ]
+
+
+# The report of `three_runs`, cell by cell: the same tables in report.md and report.html.
+# Our numbers are worked out by hand in test_report_numbers; the paper's column and table are the
+# paper's (docs/METHOD.md section 5), its averages by our rule (80.9625 and 82.125).
+REPORT_TABLES = {
+    "headline": [
+        ["", "paper: PLD / BERT-base", "pre / post", "pld / post", "pld / pre"],
+        ["samples (ratio)", "1.000x (equal samples)", "1.000x", "1.000x", "1.000x"],
+        ["FLOPs (ratio)", "0.750x (25% fewer)", "1.000x", "0.750x", "0.750x"],
+        ["wall-clock (ratio)", "0.760x (38.45 h -> 29.22 h, 64x V100)", "1.100x", "0.750x", "0.682x"],
+        [
+            "speed-up to target",
+            "2.5x to similar GLUE accuracy",
+            "1.250x FLOPs, 1.136x wall",
+            "1.739x FLOPs, 1.739x wall",
+            "1.391x FLOPs, 1.530x wall",
+        ],
+        ["fine-tune average", "82.1 vs 81.0 (+1.2)", "–", "78.0 vs 71.8 (+6.2)", "–"],
+        ["fine-tune difference", "–", "–", "+6.2 (one seed: noise unknown)", "–"],
+        [
+            "final validation loss (MLM + NSP) (difference)",
+            "–",
+            "-0.400 (one seed: noise unknown)",
+            "-0.500 (one seed: noise unknown)",
+            "-0.100 (one seed: noise unknown)",
+        ],
+    ],
+    "arms": [
+        [
+            "arm",
+            "kind",
+            "seeds",
+            "final validation loss (MLM + NSP)",
+            "below unigram (nats)",
+            "FLOPs",
+            "wall-clock",
+            "speed-up to target (FLOPs)",
+            "fine-tune average",
+            "loss vs baseline",
+            "fine-tune vs baseline",
+        ],
+        [
+            "post (baseline)",
+            "Post-LN baseline",
+            "1",
+            "4.0000",
+            "–",
+            "4 TFLOP",
+            "40.0 s",
+            "1.000x",
+            "71.8",
+            "–",
+            "–",
+        ],
+        [
+            "pre",
+            "Pre-LN (no PLD)",
+            "1",
+            "3.6000",
+            "–",
+            "4 TFLOP",
+            "44.0 s",
+            "1.250x",
+            "–",
+            "-0.400 (one seed: noise unknown)",
+            "–",
+        ],
+        [
+            "pld",
+            "PLD",
+            "1",
+            "3.5000",
+            "–",
+            "3 TFLOP",
+            "30.0 s",
+            "1.739x",
+            "78.0",
+            "-0.500 (one seed: noise unknown)",
+            "+6.2 (one seed: noise unknown)",
+        ],
+    ],
+    "cost": [
+        ["run", "kind", "status", "steps", "samples", "tokens", "FLOPs", "wall-clock", "tokens/s (median)"],
+        [
+            "post (baseline)",
+            "Post-LN baseline",
+            "complete",
+            "40",
+            "400 (1.000x)",
+            "51,200 (1.000x)",
+            "4 TFLOP (1.000x)",
+            "40.0 s (1.000x)",
+            "1,280",
+        ],
+        [
+            "pre",
+            "Pre-LN (no PLD)",
+            "complete",
+            "40",
+            "400 (1.000x)",
+            "51,200 (1.000x)",
+            "4 TFLOP (1.000x)",
+            "44.0 s (1.100x)",
+            "1,164",
+        ],
+        [
+            "pld",
+            "PLD",
+            "complete",
+            "40",
+            "400 (1.000x)",
+            "51,200 (1.000x)",
+            "3 TFLOP (0.750x)",
+            "30.0 s (0.750x)",
+            "1,635",
+        ],
+    ],
+    "time to target": [
+        [
+            "run",
+            "final train loss",
+            "final val loss",
+            "final val MLM loss",
+            "below unigram",
+            "evals",
+            "FLOPs to target",
+            "wall-clock to target",
+            "speed-up (FLOPs)",
+            "speed-up (wall)",
+        ],
+        ["post", "4.0000", "4.0000", "–", "–", "2", "4 TFLOP", "40.0 s", "1.000x", "1.000x"],
+        ["pre", "3.7000", "3.6000", "–", "–", "2", "3.2 TFLOP", "35.2 s", "1.250x", "1.136x"],
+        ["pld", "3.8000", "3.5000", "–", "–", "2", "2.3 TFLOP", "23.0 s", "1.739x", "1.739x"],
+    ],
+    "glue": [
+        ["run", "RTE", "MRPC F1/Acc", "average"],
+        ["post", "65.0", "85.0/72.0", "71.8"],
+        ["pre", "–", "–", "–"],
+        ["pld", "71.0", "90.0/80.0", "78.0"],
+    ],
+    "paper glue": [
+        [
+            "paper's runs",
+            "RTE",
+            "MRPC F1/Acc",
+            "STS-B P/S",
+            "CoLA MCC",
+            "SST-2",
+            "QNLI",
+            "QQP F1/Acc",
+            "MNLI m/mm",
+            "average",
+        ],
+        [
+            "BERT-base (their baseline)",
+            "67.8",
+            "88.0/86.0",
+            "89.5/89.2",
+            "52.5",
+            "91.2",
+            "87.1",
+            "89.0/90.6",
+            "82.5/83.4",
+            "81.0",
+        ],
+        ["PLD", "69.3", "86.6/84.3", "90.0/89.6", "55.8", "91.6", "90.7", "89.6/91.2", "84.1/83.8", "82.1"],
+    ],
+}
 
 
 def test_report_files(three_runs: dict[str, Path], tmp_path: Path) -> None:
@@ -235,18 +437,17 @@ def test_report_files(three_runs: dict[str, Path], tmp_path: Path) -> None:
     ]
     for p in out.glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
-    html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5
-    assert 'src="loss' not in html  # self-contained: no links to files
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5
+    assert 'src="loss' not in page  # self-contained: no links to files
     md = (out / "report.md").read_text()
     assert "![Loss against training samples](loss_vs_samples.png)" in md
-    # tables carry the numbers: PLD FLOPs ratio, time-to-target, the GLUE average, the paper's column
-    for text in (md, html):
-        assert "3 TFLOP (0.750x)" in text
-        assert "2.3 TFLOP" in text and "1.739x" in text
-        assert "78.0" in text and "71.8" in text
-        assert "0.750x (25% fewer)" in text and "38.45 h -&gt; 29.22 h" in text.replace("->", "-&gt;")
-    assert "| MRPC F1/Acc |" in md
+    # every cell of the tables that carry the comparison, in place, in both formats
+    md_tables, html_tables = _md_tables(md), _html_tables(page)
+    assert len(md_tables) == len(html_tables)
+    for name, table in REPORT_TABLES.items():
+        assert table in md_tables, name
+        assert table in html_tables, name
     rep = json.loads((out / "report.json").read_text())
     assert rep["runs"][0]["name"] == "post"
     assert not list(out.glob(".*tmp"))  # atomic writes leave no temporaries
@@ -364,10 +565,22 @@ def test_misshapen_files_are_warned_not_tracebacks(tmp_path: Path, three_runs: d
     assert len(shape) == 2, rep["warnings"]
 
 
-def test_help_is_plain() -> None:
-    r = CliRunner().invoke(app, ["report", "--help"])
-    assert r.exit_code == 0
-    assert re.search(r"--baseline", r.output) and "Post-LN" in r.output
+# ESC (ANSI colour and cursor codes start with it) and Unicode's box-drawing block (rich's panels)
+_NOT_PLAIN = re.compile("[\x1b\u2500-\u257f]")
+
+
+@pytest.mark.parametrize("command", ["", "prepare", "pretrain", "finetune", "report", "export"])
+def test_help_is_plain(command: str) -> None:
+    # as in a colour terminal: a help renderer that colours or draws panels would do it here
+    env = {"FORCE_COLOR": "1", "TERM": "xterm-256color", "COLUMNS": "100", "NO_COLOR": None}
+    r = CliRunner().invoke(app, [*command.split(), "--help"], env=env, color=True)  # click keeps escapes
+    assert r.exit_code == 0, r.output
+    bad = sorted(set(_NOT_PLAIN.findall(r.output)))
+    assert not bad, f"{command or 'bertpld'} --help has escapes or box drawing: {bad!r}"
+    first = f"Usage: bertpld {command} [OPTIONS]" if command else "Usage: bertpld [OPTIONS] COMMAND [ARGS]..."
+    assert r.output.startswith(first)
+    if command == "report":
+        assert "--baseline" in r.output and "Post-LN" in r.output
 
 
 def test_wnli_is_left_out_of_the_average(tmp_path: Path, three_runs: dict[str, Path]) -> None:

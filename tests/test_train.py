@@ -106,13 +106,98 @@ def test_loss_decreases_and_outputs_are_complete(data: Path, tmp_path: Path) -> 
     assert checkpoint.latest_checkpoint(run).name == "step-000000024"
 
 
-def test_pld_run_executes_fewer_blocks_and_counts_fewer_flops(data: Path, tmp_path: Path) -> None:
-    base = pretrain(make_cfg(data, model={"norm": "pre"}, train={"max_steps": 12}), tmp_path / "pre")
-    drop = pretrain(make_cfg(data, **pld(max_steps=12)), tmp_path / "pld")
+def record_training_forwards(monkeypatch) -> list[dict]:
+    """Every training-mode forward of the model, as executed: per micro-step the encoder blocks
+    actually called (their index, in call order) with the shapes each ran on, and the heads' shapes.
+    Observed by wrapping Block.forward, independently of the trainer's gate list."""
+    import bertpld.model as M
+
+    forwards: list[dict] = []
+    model_forward, block_forward = M.BertForPreTraining.forward, M.Block.forward
+
+    def counting_model_forward(self, input_ids, token_type_ids, attention_mask, mlm_positions, **kw):
+        if self.training:
+            index = {id(b): i for i, b in enumerate(self.bert.encoder.blocks)}
+            forwards.append(
+                {
+                    "index": index,
+                    "blocks": [],  # the index of each block called, in call order
+                    "calls": [],  # the shapes each called block ran on
+                    "batch": input_ids.shape[0],
+                    "hidden": self.bert.embeddings.word.weight.shape[1],
+                    "predictions": mlm_positions.numel(),
+                    "vocab": self.mlm.bias.numel(),  # the padded vocabulary the decoder computes
+                    "nsp": self.nsp is not None,
+                }
+            )
+        return model_forward(self, input_ids, token_type_ids, attention_mask, mlm_positions, **kw)
+
+    def counting_block_forward(self, x, mask, scale=None, token_index=None):
+        if self.training:
+            f = forwards[-1]
+            f["blocks"].append(f["index"][id(self)])
+            inner, h = self.ffn.up.weight.shape
+            # (tokens the projections and FFN ran on, sequences, padded length attention ran over, FFN width)
+            f["calls"].append((x.numel() // h, mask.shape[0], mask.shape[-1], inner))
+        return block_forward(self, x, mask, scale, token_index)
+
+    monkeypatch.setattr(M.BertForPreTraining, "forward", counting_model_forward)
+    monkeypatch.setattr(M.Block, "forward", counting_block_forward)
+    return forwards
+
+
+def flops_of(forwards: list[dict]) -> float:
+    """FLOPs of the observed forwards, counted from scratch (docs/METHOD.md section 4: 2 per
+    multiply-add, matrix products only, backward = 2 x forward), not with bertpld.flops."""
+    total = 0.0
+    for f in forwards:
+        h = f["hidden"]
+        fwd = 0.0
+        for tokens, seqs, seq_len, inner in f["calls"]:
+            fwd += tokens * (2 * 4 * h * h + 2 * 2 * h * inner)  # Q, K, V, output; FFN up and down
+            fwd += seqs * seq_len * 2 * 2 * seq_len * h  # scores and weighted sum, over the padded length
+        fwd += f["predictions"] * (2 * h * h + 2 * h * f["vocab"])  # MLM transform and decoder
+        if f["nsp"]:
+            fwd += f["batch"] * (2 * h * h + 2 * h * 2)  # pooler and NSP classifier
+        total += 3 * fwd
+    return total
+
+
+def test_pld_run_executes_fewer_blocks_and_counts_fewer_flops(
+    data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    L, steps, accum = 4, 12, 2  # global batch 8 = 2 micro-batches of 4
+    forwards = record_training_forwards(monkeypatch)
+    base = pretrain(
+        make_cfg(data, model={"norm": "pre", "num_layers": L}, train={"max_steps": steps}), tmp_path / "pre"
+    )
+    base_forwards = forwards[:]
+    forwards.clear()
+    cfg = make_cfg(data, **{**pld(max_steps=steps), "model": {"norm": "pre", "num_layers": L}})
+    drop = pretrain(cfg, tmp_path / "pld")
+    assert len(base_forwards) == len(forwards) == steps * accum
+
+    # without PLD every block runs on every micro-step; the FLOPs are those of the calls observed
+    assert all(f["blocks"] == list(range(L)) for f in base_forwards)
+    assert base["flops"] == pytest.approx(flops_of(base_forwards), rel=1e-12)
+
+    # with PLD blocks were really skipped (not called at all), bottom to top in order
+    called = [f["blocks"] for f in forwards]
+    assert all(b == sorted(set(b)) for b in called)
+    assert sum(map(len, called)) < L * steps * accum and min(map(len, called)) < L - 1
+    assert called[0] == list(range(L))  # theta(0) = 1 keeps every block
+    # the logged blocks_kept is the mean of the blocks called in that step's micro-steps
     metrics = rows(tmp_path / "pld")
-    assert metrics[0]["theta"] == 1.0 and metrics[-1]["theta"] < 0.6  # theta(t) logged per step
-    assert min(r["blocks_kept"] for r in metrics) < 2
+    kept = {r["step"]: r["blocks_kept"] for r in metrics if "blocks_kept" in r}
+    assert sorted(kept) == list(range(1, steps + 1))
+    for step, value in kept.items():
+        micro = called[(step - 1) * accum : step * accum]
+        assert value == pytest.approx(sum(map(len, micro)) / accum), step
+    # and the counted FLOPs are those of the calls observed, fewer than without PLD
+    assert drop["flops"] == pytest.approx(flops_of(forwards), rel=1e-12)
+    assert metrics[-1]["flops"] == drop["flops"]
     assert drop["flops"] < base["flops"]
+    assert metrics[0]["theta"] == 1.0 and metrics[-1]["theta"] < 0.6  # theta(t) logged per step
 
 
 @pytest.mark.parametrize(("log_every", "stop_at"), [(1, 8), (3, 4)])
