@@ -34,9 +34,11 @@ from bertpld.data.reader import load_manifest
 from bertpld.errors import BertpldError
 from bertpld.glue import AVERAGE_EXCLUDES, PAPER_ORDER
 from bertpld.report_render import (
+    fmt_difference,
     fmt_loss,
     fmt_pct,
     fmt_ratio,
+    fmt_stat,
     render_html,
     render_markdown,
     task_key,
@@ -865,7 +867,8 @@ def print_summary(result: ReportResult, console: Any = None) -> None:
     t = Table(title=f"bertpld report ({escape(base)}; ratios are run / baseline)")
     t.add_column("run", no_wrap=True)
     t.add_column("kind", no_wrap=True)
-    for h in ("FLOPs", "wall", "val loss", "to target", "fine-tune"):
+    loss = "val MLM loss" if rep["loss_is_mlm"] else "val loss"
+    for h in ("FLOPs", "wall", loss, "below unigram", "to target", "fine-tune"):
         t.add_column(h, justify="right", no_wrap=True)
     for e in rep["runs"]:
         ttt = e["time_to_target"]
@@ -881,17 +884,25 @@ def print_summary(result: ReportResult, console: Any = None) -> None:
             {"post": "Post-LN", "pre": "Pre-LN", "pld": "PLD"}.get(e["kind"], e["kind"]),
             fmt_ratio(e["ratios"]["flops"]),
             fmt_ratio(e["ratios"]["wall_s"]),
-            fmt_loss(e["final_val_loss"]),
+            fmt_loss(e["final_loss"]),
+            "–" if e["beyond_unigram"] is None else f"{e['beyond_unigram']:.3f}",
             reach,
             fmt_pct(e["glue_average"]),
         )
     console.print(t)
     console.print(
-        "to target: speed-up to the baseline's final val loss in FLOPs/wall-clock; "
-        "fine-tune: average task score"
+        f"to target: speed-up to the baseline's final {loss} in FLOPs/wall-clock; below unigram: "
+        "nats under the unigram line (word frequencies alone); fine-tune: average task score"
         + ("; * incomplete run" if not all(e["complete"] for e in rep["runs"]) else ""),
         highlight=False,
     )
+    if any(len(a["runs"]) > 1 for a in rep["arms"]):
+        for a in rep["arms"]:
+            st, vs = a["stats"], a["vs_baseline"] or {}
+            line = f"{a['name']} ({len(a['runs'])} seeds): {loss} {fmt_stat(st['final_loss'], fmt_loss)}"
+            if vs.get("final_loss"):
+                line += f", vs baseline {fmt_difference(vs['final_loss'])}"
+            console.print(escape(line), highlight=False)
     for w in rep["warnings"]:
         console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
     console.print(f"report: {result.out / 'report.html'}  (also report.md, report.json)", highlight=False)
