@@ -86,6 +86,13 @@ def prepare(
     max_documents: Annotated[
         int | None, typer.Option(help="Read at most this many documents per source (0: all).")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes that clean and encode documents (default: the machine's cores; 1: none "
+            "besides this one). The output is byte-identical for any number.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a directory prepared with a different config.")
     ] = False,
@@ -125,7 +132,14 @@ def prepare(
         layers.append(read_config_file(resolve_config_path(config)))
     layers.append(parse_set(set_))
     layers.append(
-        _options("prepare", vocab_size=vocab_size, tokenizer=tokenizer, max_documents=max_documents, **fields)
+        _options(
+            "prepare",
+            vocab_size=vocab_size,
+            tokenizer=tokenizer,
+            max_documents=max_documents,
+            workers=workers,
+            **fields,
+        )
     )
     cfg = load_config(PrepareConfig, None, *layers)
     run_prepare(cfg, out, overwrite=overwrite)

@@ -296,6 +296,8 @@ class PrepareSection:
     """Train the tokenizer on at most this many characters of the corpus."""
     seed: int = 0
     """Seed for anything random in preparation."""
+    workers: int = 0
+    """Processes that clean and encode documents (0: the machine's cores); the output is the same."""
 
     def validate(self) -> None:
         if not self.sources:
@@ -313,6 +315,13 @@ class PrepareSection:
         _unit("prepare.val_fraction", self.val_fraction, closed_right=False)
         _positive("prepare.shard_tokens", self.shard_tokens)
         _positive("prepare.tokenizer_sample_chars", self.tokenizer_sample_chars)
+        if self.workers < 0:
+            _fail("prepare.workers", self.workers, "an integer >= 0 (0: the machine's cores)")
+
+
+# PrepareSection fields that change only speed, never the bytes written: left out of the config
+# a prepared directory records (so of its fingerprint), so a rerun with other values is a no-op.
+PREPARE_SPEED_ONLY = ("workers",)
 
 
 @dataclass

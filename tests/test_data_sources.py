@@ -11,7 +11,7 @@ import pytest
 
 from bertpld.config import PrepareSection
 from bertpld.data import text as text_mod
-from bertpld.data.sources import BOOK_DOC_CHARS, SourceStats, iter_documents, resolve_spec
+from bertpld.data.sources import BOOK_DOC_CHARS, SourceStats, iter_documents, iter_parts, resolve_spec
 from bertpld.data.text import document_sentences, split_sentences
 from bertpld.data.wikixml import iter_dump, strip_markup
 from bertpld.errors import BertpldError
@@ -241,3 +241,25 @@ def test_resolve_spec_hub_vs_files(tmp_path):
     (tmp_path / "w.jsonl").write_text("{}\n")
     assert resolve_spec("x", str(tmp_path / "w.jsonl")) == ("files", [tmp_path / "w.jsonl"])
     assert resolve_spec("x", str(tmp_path)) == ("files", [tmp_path / "w.jsonl"])
+
+
+def test_read_meter_follows_the_files(tmp_path):
+    """The progress of a part in bytes of its files: within a streamed file, and all of them at the end."""
+    rows = [{"text": f"Document {i} is long enough to be kept. " * 20} for i in range(3000)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "b.parquet")
+    dump = _dump(tmp_path / "c.xml.bz2", [(f"T{i}", 0, f"Text {i}. " * 500, None) for i in range(300)])
+    section = PrepareSection(
+        sources=["text", "wikipedia"],
+        text_files=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.parquet")],
+        wikipedia=str(dump),
+    )
+    files = {"text": [tmp_path / "a.jsonl", tmp_path / "b.parquet"], "wikipedia": [dump]}
+    for part in iter_parts(section):
+        meter = part.meter
+        seen = [meter.done for _ in part.records]
+        assert meter.total == sum(p.stat().st_size for p in files[part.name])
+        assert seen == sorted(seen) and 0 < seen[len(seen) // 3] <= seen[-1] <= meter.total
+        if part.name == "text":  # within the jsonl file, not only file by file
+            assert 0 < seen[len(seen) // 8] < files["text"][0].stat().st_size // 2
+        assert meter.done == meter.total

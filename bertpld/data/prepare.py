@@ -1,45 +1,58 @@
 """`bertpld prepare`: sources -> cleaned documents -> WordPiece -> token shards + manifest.
 
-Deterministic: the same config gives the same bytes. Restartable: every shard is written under a
-temporary name and renamed, and a progress file records each finished shard, so an interrupted
-run resumes at the first unfinished shard (documents of finished shards are read again but not
-encoded or written). `manifest.json` is written last; its presence means the directory is
-complete, and a rerun with the same config is a no-op.
+Deterministic: the same config gives the same bytes, with any number of worker processes (see
+bertpld.data.workers: they clean and encode blocks of documents; this process alone counts,
+assigns documents to splits and writes, in corpus order). Restartable: every shard is written
+under a temporary name and renamed, and a progress file records each finished shard, so an
+interrupted run resumes at the first unfinished shard (documents of finished shards are read and
+cleaned again, but neither written nor, except near the boundary, encoded). `manifest.json` is
+written last; its presence means the directory is complete, and a rerun with the same config is
+a no-op.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import queue
-import re
 import shutil
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from bertpld import __version__
 from bertpld.atomic import atomic_write_bytes, atomic_write_json
-from bertpld.config import PrepareConfig, config_differences, config_to_dict
-from bertpld.data import text as text_mod
+from bertpld.config import (
+    PREPARE_SPEED_ONLY,
+    PrepareConfig,
+    PrepareSection,
+    config_differences,
+    config_to_dict,
+)
 from bertpld.data import unigram
 from bertpld.data.shards import FORMAT, MANIFEST, PROGRESS, Shard, sha256_file, token_dtype, write_shard
-from bertpld.data.sources import Document, SourceStats, iter_documents
+from bertpld.data.sources import Part, PartStats, SourceStats, iter_parts
 from bertpld.data.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
+from bertpld.data.workers import (
+    Block,
+    Cleaned,
+    Encoded,
+    Job,
+    Pool,
+    Settings,
+    default_workers,
+    read_blocks,
+    until,
+)
 from bertpld.errors import BertpldError
 
 TOKENIZER = "tokenizer.json"
 SPLITS = ("train", "val")
-# Documents are encoded in batches of about this many characters: large enough for tokenizers'
-# parallel batch encoding to pay off, small enough to keep memory flat.
-ENCODE_BATCH_CHARS = 4_000_000
 
 
 @dataclass
@@ -63,6 +76,15 @@ def fingerprint(config: dict[str, Any], tokenizer_sha256: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def recorded_config(cfg: PrepareConfig) -> dict[str, Any]:
+    """The resolved config as the manifest records it: without the settings that change only speed
+    (workers), so that the fingerprint, and a rerun's no-op check, do not depend on them."""
+    config = config_to_dict(cfg)
+    for name in PREPARE_SPEED_ONLY:
+        del config["prepare"][name]
+    return config
+
+
 def prepare(
     cfg: PrepareConfig, out: str | Path, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -72,7 +94,7 @@ def prepare(
     console = Console(stderr=True, quiet=not progress)
     out = Path(out)
     sec = cfg.prepare
-    config = config_to_dict(cfg)
+    config = recorded_config(cfg)
     if out.exists() and not out.is_dir():
         raise BertpldError(f"--out {out}: exists and is not a directory")
 
@@ -86,84 +108,48 @@ def prepare(
             tmp.unlink(missing_ok=True)
     state = _read_progress(out)
     t0 = time.perf_counter()
-    replaced0 = text_mod.replaced_bytes()
-    stats = SourceStats()
-    docs: Iterator[Document] = _prefetch(iter_documents(sec, stats))
-
-    # 1. tokenizer: given, already trained by an interrupted run, or trained now on a sample
-    tok_path = out / TOKENIZER
-    if sec.tokenizer:
-        tok = load_tokenizer(sec.tokenizer)
-        atomic_write_bytes(tok_path, Path(sec.tokenizer).read_bytes())
-    elif (
-        state.get("tokenizer_sha256")
-        and tok_path.is_file()
-        and sha256_file(tok_path) == state["tokenizer_sha256"]
-    ):
-        tok = load_tokenizer(tok_path)
-    else:
-        sample: list[Document] = []
-        chars = 0
-        with console.status(
-            f"reading up to {sec.tokenizer_sample_chars:,} characters to train the tokenizer"
+    workers = sec.workers or default_workers()
+    settings = Settings(sec.min_doc_chars, sec.seed.to_bytes(8, "little", signed=True), sec.val_fraction)
+    with Pool(workers) as pool:
+        corpus = _Corpus(sec)
+        # 1. tokenizer: given, already trained by an interrupted run, or trained now on a sample
+        tok_path = out / TOKENIZER
+        sampled: deque[Block] = deque()  # documents read for the sample, encoded once it is trained
+        if sec.tokenizer:
+            tok = load_tokenizer(sec.tokenizer)
+            atomic_write_bytes(tok_path, Path(sec.tokenizer).read_bytes())
+        elif (
+            state.get("tokenizer_sha256")
+            and tok_path.is_file()
+            and sha256_file(tok_path) == state["tokenizer_sha256"]
         ):
-            for doc in docs:
-                sample.append(doc)
-                chars += doc.chars
-                if chars >= sec.tokenizer_sample_chars:
-                    break
-        if not sample:
-            raise _no_documents(stats, sec.min_doc_chars)
-        with console.status(f"training WordPiece (vocab {sec.vocab_size:,}) on {chars:,} characters"):
-            tok = train_tokenizer((d.text for d in sample), sec.vocab_size)
-        atomic_write_bytes(tok_path, tok.to_str(pretty=True).encode())
-        docs = chain(sample, docs)  # the sample is encoded like every other document
-    tok_sha = sha256_file(tok_path)
-    if state.get("tokenizer_sha256") != tok_sha:
-        state["shards"] = {}  # shards of an interrupted run are only valid with its tokenizer
-    t_tok = time.perf_counter() - t0
-    vocab_size = tok.get_vocab_size()
-    dtype = token_dtype(vocab_size)
-    splits = {s: _SplitState(s, list(state.get("shards", {}).get(s, []))) for s in SPLITS}
-    _write_progress(out, config, tok_sha, splits)
-
-    # 2. encode and shard
-    seed_key = sec.seed.to_bytes(8, "little", signed=True)
-    n_docs = n_tokens = 0
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-    ) as bar:
-        task = bar.add_task("encoding")
-        t1 = time.perf_counter()
-        for batch in _batches(docs):
-            todo: dict[str, list[Document]] = {s: [] for s in SPLITS}
-            for doc in batch:
-                split = "val" if _is_val(doc, seed_key, sec.val_fraction) else "train"
-                st = splits[split]
-                if st.next_ordinal >= st.done_ordinal:  # else: already in a finished shard
-                    todo[split].append(doc)
-                st.next_ordinal += 1
-            for split, split_docs in todo.items():
-                if split_docs:
-                    st = splits[split]
-                    first = st.next_ordinal - len(split_docs)
-                    n_tokens += _encode_into(tok, split_docs, dtype, st, first)
-                    while st.buffered_tokens >= sec.shard_tokens:
-                        _flush(out, st, sec.shard_tokens, config, tok_sha, splits)
-            n_docs += len(batch)
-            dt = max(time.perf_counter() - t1, 1e-9)
-            bar.update(
-                task,
-                description=f"{n_docs:,} documents ({n_docs / dt:,.0f}/s), "
-                f"{n_tokens:,} tokens encoded ({n_tokens / dt:,.0f}/s)",
+            tok = load_tokenizer(tok_path)
+        else:
+            texts, alphabets, chars = _read_sample(
+                pool, corpus, settings, sec.tokenizer_sample_chars, sampled, console
             )
-        for st in splits.values():
-            while st.buffered_tokens > 0:
-                _flush(out, st, sec.shard_tokens, config, tok_sha, splits)
-    t_enc = time.perf_counter() - t1
+            with console.status(f"training WordPiece (vocab {sec.vocab_size:,}) on {chars:,} characters"):
+                tok = train_tokenizer(texts, sec.vocab_size, alphabets)
+            del texts, alphabets
+            atomic_write_bytes(tok_path, tok.to_str(pretty=True).encode())
+        tok_sha = sha256_file(tok_path)
+        if state.get("tokenizer_sha256") != tok_sha:
+            state["shards"] = {}  # shards of an interrupted run are only valid with its tokenizer
+        t_tok = time.perf_counter() - t0
+        vocab_size = tok.get_vocab_size()
+        dtype = token_dtype(vocab_size)
+        splits = {s: _SplitState(s, list(state.get("shards", {}).get(s, []))) for s in SPLITS}
+        _write_progress(out, config, tok_sha, splits)
 
+        # 2. encode and shard
+        settings = replace(settings, tokenizer=str(tok_path), tokenizer_sha256=tok_sha, dtype=dtype.name)
+        t1 = time.perf_counter()
+        n_docs, n_tokens = _encode_and_shard(
+            pool, corpus, settings, sampled, out, sec.shard_tokens, config, tok_sha, splits, console
+        )
+        t_enc = time.perf_counter() - t1
+
+    stats = corpus.stats
     if sum(p.kept for p in stats.parts.values()) == 0:
         raise _no_documents(stats, sec.min_doc_chars)
     if not splits["train"].records:
@@ -184,7 +170,7 @@ def prepare(
         "config": config,
         "splits": {s: _split_summary(splits[s]) for s in SPLITS},
         "sources": {k: asdict(v) for k, v in stats.parts.items()},
-        "replaced_bytes": text_mod.replaced_bytes() - replaced0,
+        "replaced_bytes": corpus.replaced,
         "timing_s": {"tokenizer": round(t_tok, 3), "encode_and_write": round(t_enc, 3)},
     }
     # the loss of a model that ignores context (see bertpld.data.unigram); none without validation data
@@ -192,8 +178,213 @@ def prepare(
         round(unigram.val_unigram_ce(out, manifest), 6) if manifest["splits"]["val"]["tokens"] else None
     )
     atomic_write_json(out / MANIFEST, manifest)
-    _summary(console, out, manifest, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    _summary(console, out, manifest, seconds)
+    console.print(
+        f"prepared {n_docs:,} documents, {n_tokens:,} tokens in {seconds:.1f} s "
+        f"({n_docs / seconds:,.0f} documents/s, {n_tokens / seconds:,.0f} tokens/s) with {workers} "
+        f"worker process{'es' if workers > 1 else ''}"
+    )
     return manifest
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and counting
+
+
+class _Corpus:
+    """The corpus as blocks in order, with the counting `sources.iter_documents` does (records
+    read, kept and dropped per part, max_documents, invalid UTF-8 replaced), done here from what
+    the workers return: reading runs ahead of the counting, so read-ahead must not count."""
+
+    def __init__(self, sec: PrepareSection) -> None:
+        self.max_documents: int = sec.max_documents
+        self.stats = SourceStats()
+        self.finished: set[int] = set()  # occurrences of parts that reached max_documents
+        self.replaced = 0
+        self._replaced_at: dict[int, int] = {}
+        self.blocks = read_blocks(self._register(iter_parts(sec)), self.finished)
+
+    def _register(self, parts: Iterator[Part]) -> Iterator[Part]:
+        for part in parts:  # in reading order, as iter_documents creates the stats entries
+            self.stats.parts.setdefault(part.name, PartStats())
+            yield part
+
+    def skipped(self, block: Block) -> bool:
+        """A block read ahead of a part that has since reached max_documents: as if never read.
+        (Blocks of cleaned texts were counted, and cut at max_documents, when first read.)"""
+        if block.texts is None and block.occurrence in self.finished:
+            return True
+        if block.error is not None:
+            raise block.error
+        return False
+
+    def count(self, block: Block, kept: np.ndarray, chars: np.ndarray) -> int:
+        """Count a block's records as iter_documents would; returns how many documents count."""
+        assert block.part is not None and block.replaced is not None
+        st = self.stats.parts[block.part.name]
+        cumulative = np.cumsum(kept)
+        n_records = len(kept)
+        replaced = block.replaced_end
+        if self.max_documents:
+            full = np.flatnonzero(kept & (st.kept + cumulative >= self.max_documents))
+            if len(full):
+                n_records = int(full[0]) + 1
+                self.finished.add(block.occurrence)
+                replaced = block.replaced[n_records - 1]
+        n_docs = int(cumulative[n_records - 1]) if n_records else 0
+        st.read += n_records
+        st.kept += n_docs
+        st.dropped_short += n_records - n_docs
+        st.chars += int(chars[:n_docs].sum())
+        self.replaced += replaced - self._replaced_at.get(block.occurrence, 0)
+        self._replaced_at[block.occurrence] = replaced
+        return n_docs
+
+
+def _jobs(
+    blocks: Iterator[Block], settings: Settings, skip: Callable[[Block], tuple[int, int]] | None = None
+) -> Iterator[tuple[Block, Job | None]]:
+    for block in blocks:
+        if block.error is not None:
+            yield block, None
+            continue
+        assert block.part is not None
+        bound = skip(block) if skip is not None else (0, 0)
+        yield block, Job(block.part.name, block.records, block.texts, settings, bound)
+
+
+def _read_sample(
+    pool: Pool,
+    corpus: _Corpus,
+    settings: Settings,
+    limit: int,
+    sampled: deque[Block],
+    console: Any,
+) -> tuple[list[str], list[str], int]:
+    """The first documents up to `limit` characters (texts, alphabets, characters), cleaned by the
+    workers.
+
+    Every document cleaned on the way, the sample and those read ahead past it, is appended to
+    `sampled` (as blocks of texts) to be encoded first once the tokenizer exists."""
+    texts: list[str] = []
+    alphabets: list[str] = []
+    chars = 0
+
+    def full() -> bool:  # read on: blocks already out are cleaned and kept for encoding
+        return chars >= limit
+
+    with console.status("reading documents for the tokenizer") as status:
+        for block, res in pool.map(_jobs(until(full, corpus.blocks), settings)):
+            if corpus.skipped(block):
+                continue
+            assert isinstance(res, Cleaned)
+            n = corpus.count(block, res.kept, res.chars)
+            if n:
+                sampled.append(
+                    Block(block.occurrence, block.part, texts=res.texts[:n], read_bytes=block.read_bytes)
+                )
+            for i in range(n):
+                if chars >= limit:
+                    break
+                texts.append(res.texts[i])
+                alphabets.append(res.alphabets[i])
+                chars += int(res.chars[i])
+            status.update(
+                f"reading documents for the tokenizer: {chars:,} of up to {limit:,} characters "
+                f"({pool.workers} worker process{'es' if pool.workers > 1 else ''})"
+            )
+    if not texts:
+        raise _no_documents(corpus.stats, settings.min_doc_chars)
+    return texts, alphabets, chars
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding and sharding
+
+
+def _encode_and_shard(
+    pool: Pool,
+    corpus: _Corpus,
+    settings: Settings,
+    sampled: deque[Block],
+    out: Path,
+    shard_tokens: int,
+    config: dict[str, Any],
+    tok_sha: str,
+    splits: dict[str, _SplitState],
+    console: Any,
+) -> tuple[int, int]:
+    """Encode every document (the sample's first, then the rest of the corpus) and write the
+    shards; returns (documents, tokens) encoded."""
+    outstanding = 0  # documents, at most, in blocks handed out but not yet back
+
+    def skip(block: Block) -> tuple[int, int]:
+        # Where a document lies in its split is known only once every block before it is back,
+        # but a bound is enough: a split's ordinal at this block's start is at most the ordinal
+        # reached so far plus one per record still out. Documents within that bound of the first
+        # unfinished shard's start are surely in finished shards and need no encoding.
+        nonlocal outstanding
+        train, val = (max(0, splits[s].done_ordinal - (splits[s].next_ordinal + outstanding)) for s in SPLITS)
+        outstanding += block.size
+        return train, val
+
+    def second_pass() -> Iterator[Block]:
+        while sampled:
+            yield sampled.popleft()  # memory freed as the encoding goes
+
+    progress = _Progress(console)
+    n_docs = n_tokens = 0
+    with progress:
+        for block, res in pool.map(_jobs(chain(second_pass(), corpus.blocks), settings, skip)):
+            outstanding -= block.size
+            if corpus.skipped(block):
+                continue
+            assert isinstance(res, Encoded) and block.part is not None
+            if res.kept is None:  # the sample's documents, counted when first read
+                n = len(res.is_val)
+            else:
+                assert res.chars is not None
+                n = corpus.count(block, res.kept, res.chars)
+            tokens = _assign(res, n, splits)
+            for st in splits.values():
+                while st.buffered_tokens >= shard_tokens:
+                    _flush(out, st, shard_tokens, config, tok_sha, splits)
+            n_docs += n
+            n_tokens += tokens
+            progress.advance(block, n, tokens)
+        for st in splits.values():
+            while st.buffered_tokens > 0:
+                _flush(out, st, shard_tokens, config, tok_sha, splits)
+    return n_docs, n_tokens
+
+
+def _assign(res: Encoded, n: int, splits: dict[str, _SplitState]) -> int:
+    """Buffer the first `n` documents of an encoded block in their splits, except documents of
+    finished shards; returns the tokens buffered."""
+    nsent = res.doc_sentences[:n]
+    lens = res.sentence_lens[: int(nsent.sum())]
+    tokens = res.tokens[: int(lens.sum())]
+    is_val = res.is_val[:n]
+    added = 0
+    for name, members in (("train", ~is_val), ("val", is_val)):
+        st = splits[name]
+        idx = np.flatnonzero(members)
+        ordinals = np.full(n, -1, np.int64)
+        ordinals[idx] = np.arange(st.next_ordinal, st.next_ordinal + len(idx))
+        st.next_ordinal += len(idx)
+        take = np.zeros(n, bool)
+        take[idx] = ordinals[idx] >= st.done_ordinal
+        assert res.encoded[:n][take].all(), "a worker skipped a document of an unfinished shard"
+        take &= nsent > 0  # a document without tokens is only an ordinal
+        if not take.any():
+            continue
+        sent_take = np.repeat(take, nsent)
+        piece = (tokens[np.repeat(sent_take, lens)], lens[sent_take], nsent[take], ordinals[take])
+        st.pieces.append(piece)
+        st.buffered_tokens += len(piece[0])
+        added += len(piece[0])
+    return added
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,62 +463,7 @@ def _write_progress(out: Path, config: dict[str, Any], tok_sha: str, splits: dic
 
 
 # ----------------------------------------------------------------------------------------------
-# Encoding and sharding
-
-
-def _is_val(doc: Document, key: bytes, fraction: float) -> bool:
-    if fraction <= 0:
-        return False
-    h = hashlib.blake2b(doc.text.encode(), digest_size=8, key=key)
-    return int.from_bytes(h.digest(), "little") < fraction * 2.0**64
-
-
-def _encode_into(tok: Tokenizer, docs: list[Document], dtype: np.dtype, st: _SplitState, first: int) -> int:
-    """Encode `docs` (parallel batch encoding) and buffer them in `st`; returns tokens added.
-
-    One string per document with " [SEP] " between sentences: [SEP] is an added token, so it is
-    cut out before normalisation and marks the sentence boundaries in the ids. Encoding documents
-    rather than sentences keeps Python's per-encoding overhead ~200x smaller.
-    """
-    sep = tok.token_to_id("[SEP]")
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    ids = [e.ids for e in encode([_marked(d) for d in docs], add_special_tokens=False)]
-    doc_len = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(doc_len.sum()))
-    doc_end = np.cumsum(doc_len)
-    sep_pos = np.flatnonzero(flat == sep)
-    # sentence ends: every marker and every document end (a document end sorts before a marker
-    # at the same position); a sentence after a marker starts one past it
-    cuts = np.concatenate([doc_end, sep_pos])
-    after_marker = np.concatenate([np.zeros(len(doc_end), bool), np.ones(len(sep_pos), bool)])
-    order = np.argsort(cuts, kind="stable")
-    cuts, after_marker = cuts[order], after_marker[order]
-    starts = np.concatenate([[0], cuts[:-1] + after_marker[:-1]])
-    lens = cuts - starts
-    doc_of_sentence = np.searchsorted(doc_end, starts, side="right")
-    keep = lens > 0  # a sentence of characters the tokenizer drops entirely carries nothing
-    lens, doc_of_sentence = lens[keep], doc_of_sentence[keep]
-    tokens = flat[flat != sep].astype(dtype)
-    assert lens.sum() == len(tokens)
-    doc_nsent = np.bincount(doc_of_sentence, minlength=len(docs))
-    ordinals = np.arange(first, first + len(docs), dtype=np.int64)
-    nonempty = doc_nsent > 0
-    st.pieces.append((tokens, lens, doc_nsent[nonempty], ordinals[nonempty]))
-    st.buffered_tokens += len(tokens)
-    return len(tokens)
-
-
-# Special-token strings inside the corpus text are ordinary text: "[MASK]" written in an article
-# must not become the mask token (nor "[SEP]" a sentence boundary). A space defuses the match;
-# BERT's pre-tokenizer splits "[" anyway, so the ids are those of the plain text.
-_LITERAL_SPECIAL = re.compile(r"\[(PAD|UNK|CLS|SEP|MASK)\]")
-
-
-def _marked(doc: Document) -> str:
-    text = doc.text
-    if "[" in text:
-        text = _LITERAL_SPECIAL.sub(r"[ \1]", text)
-    return text.replace("\n", " [SEP] ")
+# Shards and progress
 
 
 def _flush(
@@ -377,53 +513,67 @@ def _split_summary(st: _SplitState) -> dict[str, Any]:
     }
 
 
-def _batches(docs: Iterator[Document]) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    chars = 0
-    for doc in docs:
-        batch.append(doc)
-        chars += doc.chars
-        if chars >= ENCODE_BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
+@dataclass
+class _PartRate:
+    task: Any  # rich TaskID
+    total: int | None
+    start: float
+    documents: int = 0
+    tokens: int = 0
 
 
-def _prefetch(it: Iterator[Document], depth: int = 256) -> Iterator[Document]:
-    """Read and clean documents in a thread while the main thread encodes (tokenizers releases
-    the GIL while encoding, so reading and encoding overlap)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    end = object()
-    stop = threading.Event()
+class _Progress:
+    """Per source part: documents/s, tokens/s, and the share of its files read, with an ETA
+    (a hub stream's size is unknown: no ETA)."""
 
-    def work() -> None:
-        try:
-            for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(end)
-        except BaseException as e:  # handed to the consumer, raised there
-            q.put(e)
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    thread = threading.Thread(target=work, daemon=True, name="bertpld-read")
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.parts: dict[int, _PartRate] = {}  # by occurrence
+        self.last = time.perf_counter()  # when the latest block came back (or the encoding began)
+
+    def __enter__(self) -> _Progress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._finish()
+        self.bar.__exit__(*exc)
+
+    def advance(self, block: Block, documents: int, tokens: int) -> None:
+        assert block.part is not None
+        total = block.part.meter.total
+        now = time.perf_counter()
+        if block.occurrence not in self.parts:
+            self._finish()
+            task = self.bar.add_task(block.part.name, total=total)
+            # a part's work began when the block before its first came back
+            self.parts[block.occurrence] = _PartRate(task, total, self.last)
+        self.last = now
+        rate = self.parts[block.occurrence]
+        rate.documents += documents
+        rate.tokens += tokens
+        dt = max(now - rate.start, 1e-9)
+        self.bar.update(
+            rate.task,
+            completed=block.read_bytes,
+            description=f"{block.part.name}: {rate.documents:,} documents ({rate.documents / dt:,.0f}/s), "
+            f"{rate.tokens:,} tokens ({rate.tokens / dt:,.0f}/s)"
+            + (" (streamed: size unknown, no ETA)" if total is None else ""),
+        )
+
+    def _finish(self) -> None:
+        # parts are read in order: a part is done once the next one starts (or all are)
+        for rate in self.parts.values():
+            if rate.total is not None:
+                self.bar.update(rate.task, completed=rate.total)
 
 
 def _no_documents(stats: SourceStats, min_chars: int) -> BertpldError:

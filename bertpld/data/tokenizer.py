@@ -13,8 +13,15 @@ from bertpld.errors import BertpldError
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, alphabets: Iterable[str] | None = None
+) -> Tokenizer:
     """A BERT-style uncased WordPiece trained on `texts`; [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4.
+
+    `alphabets`: `alphabet(t)` of every text, when already computed (prepare's worker processes
+    do it while they clean). Training itself runs in `tokenizers` (Rust): its word counting uses
+    tokenizers' threads where TOKENIZERS_PARALLELISM allows, its merge loop is sequential; the
+    result is the same either way.
 
     Deterministic: tokenizers' trainer gives the "##c" continuation symbols ids in hash-map order,
     and those ids break ties between equally frequent merges, so two runs on the same text can
@@ -24,11 +31,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """
     texts = list(texts)
     tok = _bert_tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-    alphabet: set[str] = set()
-    for t in texts:
-        alphabet.update(tok.normalizer.normalize_str(t))
-    alphabet -= set(" \t\n\r")
-    pinned = [f"##{c}" for c in sorted(alphabet)]
+    chars: set[str] = set()
+    for a in map(alphabet, texts) if alphabets is None else alphabets:
+        chars.update(a)
+    pinned = [f"##{c}" for c in sorted(chars)]
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
@@ -54,11 +60,25 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return final
 
 
-def _bert_tokenizer(model: WordPiece) -> Tokenizer:
-    tok = Tokenizer(model)
-    tok.normalizer = normalizers.BertNormalizer(
+def alphabet(text: str) -> str:
+    """The distinct characters of `text` after the tokenizer's normalisation, whitespace excluded
+    (the continuation symbols training pins; see `train_tokenizer`)."""
+    return "".join(sorted(set(_NORMALIZER.normalize_str(text)) - _WHITESPACE))
+
+
+def _normalizer() -> normalizers.Normalizer:
+    return normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
     )
+
+
+_NORMALIZER = _normalizer()
+_WHITESPACE = frozenset(" \t\n\r")
+
+
+def _bert_tokenizer(model: WordPiece) -> Tokenizer:
+    tok = Tokenizer(model)
+    tok.normalizer = _normalizer()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     return tok

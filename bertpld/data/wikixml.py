@@ -101,26 +101,38 @@ def iter_dump(path: Path) -> Iterator[dict[str, str]]:
     """Articles of one dump as ``{id, url, title, text}`` (text already stripped of markup).
 
     Invalid UTF-8 bytes are replaced and counted (see `text.replaced_bytes`)."""
+    for page, namespaces in iter_dump_pages(path):
+        yield {**page, "text": strip_markup(page["text"], namespaces)}
+
+
+def iter_dump_pages(
+    path: Path, progress: Callable[[int], None] | None = None
+) -> Iterator[tuple[dict[str, str], frozenset[str]]]:
+    """Articles of one dump as ``({id, url, title, text}, namespaces)`` with the text still in
+    markup: `strip_markup(text, namespaces)` makes it plain (prepare does that in its workers).
+
+    `progress` is told the bytes of the file read so far (compressed bytes for .bz2)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors=COUNTING_ERRORS)
     parser = ET.XMLPullParser(events=("end",))
-    namespaces: set[str] = set()
-    opener = bz2.open if path.suffix == ".bz2" else open
+    namespaces: frozenset[str] = frozenset()  # one object shared by the pages that follow
     try:
-        with opener(path, "rb") as f:
+        with open(path, "rb") as raw, bz2.BZ2File(raw) if path.suffix == ".bz2" else raw as f:
             while True:
-                raw = f.read(1 << 20)
-                chunk = decoder.decode(raw, final=not raw)
+                data = f.read(1 << 20)
+                if progress is not None:
+                    progress(raw.tell())
+                chunk = decoder.decode(data, final=not data)
                 parser.feed(chunk)
                 for _, elem in parser.read_events():
                     tag = elem.tag.rpartition("}")[2]
                     if tag == "namespace" and elem.text:
-                        namespaces.add(elem.text.strip().lower())
+                        namespaces = namespaces | {elem.text.strip().lower()}
                     elif tag == "page":
-                        page = _page(elem, frozenset(namespaces))
+                        page = _page(elem)
                         elem.clear()
                         if page is not None:
-                            yield page
-                if not raw:
+                            yield page, namespaces
+                if not data:
                     break
             parser.close()
     except ET.ParseError as e:
@@ -129,7 +141,7 @@ def iter_dump(path: Path) -> Iterator[dict[str, str]]:
         raise BertpldError(f"{path}: cannot read the dump ({e})") from None
 
 
-def _page(elem: ET.Element, namespaces: frozenset[str]) -> dict[str, str] | None:
+def _page(elem: ET.Element) -> dict[str, str] | None:
     fields: dict[str, str] = {}
     redirect = False
     for child in elem.iter():
@@ -146,5 +158,5 @@ def _page(elem: ET.Element, namespaces: frozenset[str]) -> dict[str, str] | None
         "id": fields.get("id", ""),
         "url": "https://en.wikipedia.org/wiki/" + title.replace(" ", "_"),
         "title": title,
-        "text": strip_markup(text, namespaces),
+        "text": text,
     }
