@@ -690,19 +690,16 @@ def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal) -> str:
 def _save(out, cfg, model, optimizer, scaler, reader, counters: Counters, precision: Precision) -> None:
     dist.check_replicas_equal(model)
     rngs = [checkpoint.rng_state()]
-    readers = [reader.state_dict()]
     if dist.is_distributed():
         rngs = [None] * dist.world_size()
-        readers = [None] * dist.world_size()
         torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
-        torch.distributed.all_gather_object(readers, reader.state_dict())
     if dist.is_main():
         state = {
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "counters": dict(vars(counters)),
             "rng": rngs,
-            "reader": readers,
+            "reader": reader.state_dict(),  # a global position: the same on every rank
             "world_size": dist.world_size(),
         }
         meta = {k: v for k, v in vars(counters).items() if not k.startswith("best_")}
@@ -743,7 +740,8 @@ def _restore(ckpt: Path, model, optimizer, scaler, reader, rank: int, world: int
             f"--resume: {ckpt} was written by {state['world_size']} rank(s), this run has {world}; "
             "exact resumption needs the same world size"
         )
-    reader.load_state_dict(state["reader"][rank])
+    saved = state["reader"]
+    reader.load_state_dict(saved[rank] if isinstance(saved, list) else saved)  # a list: before version 2
     checkpoint.set_rng_state(state["rng"][rank])
     return Counters(**state["counters"])
 
