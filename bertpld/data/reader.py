@@ -24,6 +24,7 @@ The validation split is read in its build order with fixed masks (VAL_SEED), wha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -120,11 +121,9 @@ def verify_shards(data_dir: str | os.PathLike, records: list[dict[str, Any]]) ->
             raise BertpldError(f"{path}: checksum mismatch with manifest.json (corrupt or modified shard)")
         record[rec["path"]] = mark
         changed = True
-    if changed:
-        try:
+    if changed:  # (a read-only data directory: this process remembers, the next one hashes again)
+        with contextlib.suppress(OSError):
             atomic_write_json(d / VERIFIED, record)
-        except OSError:
-            pass  # a read-only data directory: this process remembers, the next one hashes again
 
 
 @dataclass
