@@ -137,7 +137,7 @@ def _pretrain(
     reducer = dist.GradientReducer(model.parameters())
     counters = Counters()
     if ckpt is not None:
-        counters = _restore(Path(ckpt), model, optimizer, scaler, train_reader, rank, world)
+        counters = _restore(Path(ckpt), model, optimizer, scaler, train_reader, rank, world, cfg.train.seed)
     nsp = cfg.data.objective == "mlm+nsp"
     train_batches = iter(train_reader)
     saved_step = counters.step if ckpt is not None else -1  # decided in memory: identical on every rank
@@ -265,7 +265,11 @@ def _pretrain(
 
             counters.step += 1
             counters.samples += cfg.train.global_batch_size
-            counters.flops += step_flops_total * world
+            # each rank's micro-batches hold their own number of real tokens: sum what every rank ran
+            # (one scalar over the host side group, like the stop agreement; nothing on the GPU)
+            counters.flops += float(
+                dist.all_reduce_sum_host(torch.tensor([step_flops_total], dtype=torch.float64))
+            )
             step = counters.step
             evaluate_now = bool(cfg.train.eval_every) and step % cfg.train.eval_every == 0
             save_now = bool(cfg.train.save_every) and step % cfg.train.save_every == 0
@@ -730,20 +734,27 @@ def _resumed_precision(ckpt: Path, cfg: PretrainConfig, prec: Precision, device:
     return Precision(DTYPES[saved], f"resumed in the precision the run started in ({prec.reason} now)")
 
 
-def _restore(ckpt: Path, model, optimizer, scaler, reader, rank: int, world: int) -> Counters:
+def _restore(ckpt: Path, model, optimizer, scaler, reader, rank: int, world: int, seed: int) -> Counters:
+    """Load everything that shapes the future. On the world size the checkpoint was written with
+    the run continues bit for bit. On another one (with the same global batch) every optimizer step
+    still consumes the same sequences (the reader's stream does not depend on the world size);
+    what differs is each rank's dropout stream, re-seeded here from (seed, step, rank), and, with
+    PLD, the gate draws of micro-steps that now exist or no longer do."""
     model.load_state_dict(checkpoint.load_model_weights(ckpt))
     state = checkpoint.load_training_state(ckpt)
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    if state["world_size"] != world:
-        raise BertpldError(
-            f"--resume: {ckpt} was written by {state['world_size']} rank(s), this run has {world}; "
-            "exact resumption needs the same world size"
-        )
     saved = state["reader"]
     reader.load_state_dict(saved[rank] if isinstance(saved, list) else saved)  # a list: before version 2
-    checkpoint.set_rng_state(state["rng"][rank])
-    return Counters(**state["counters"])
+    counters = Counters(**state["counters"])
+    if state["world_size"] == world:
+        checkpoint.set_rng_state(state["rng"][rank])
+    else:
+        dist.print0(
+            f"pretrain: {ckpt.name} was written by {state['world_size']} rank(s), continuing on {world}"
+        )
+        _seed_everything(seed * 1_000_003 + counters.step * 1009 + rank)
+    return counters
 
 
 class _StopSignal:
