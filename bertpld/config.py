@@ -152,6 +152,10 @@ class DataConfig:
     validation MLM loss of runs trained with different masking rates compares)."""
     short_seq_prob: float = 0.1
     """Probability of a shorter target length for a sentence pair (as in original BERT)."""
+    shuffle_window_tokens: int = 1 << 26
+    """Training order: each epoch takes the shards in a random order, in windows of about this
+    many tokens, and shuffles the instances within a window (memory and start-up do not grow
+    with the corpus; a window is the unit of shuffling)."""
 
     def validate(self) -> None:
         _choice("data.objective", self.objective, ("mlm+nsp", "mlm"))
@@ -162,6 +166,7 @@ class DataConfig:
         if self.max_predictions < 0:
             _fail("data.max_predictions", self.max_predictions, "an integer >= 0")
         _unit("data.short_seq_prob", self.short_seq_prob)
+        _positive("data.shuffle_window_tokens", self.shuffle_window_tokens)
 
     @property
     def predictions_per_seq(self) -> int:
@@ -520,6 +525,7 @@ RUN_FIELDS_ADDED: dict[str, Any] = {
     "model.position_init": lambda saved: "normal",
     "train.max_flops": lambda saved: 0.0,
     "data.val_mask_prob": lambda saved: saved.get("data", {}).get("mask_prob", 0.15),
+    "data.shuffle_window_tokens": lambda saved: 1 << 26,
 }
 
 

@@ -57,7 +57,19 @@ def init(device_type: str) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
         if device_type == "cuda":
             torch.cuda.set_device(local_rank())
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            # torchrun keeps its key-value store across the restarts of a job: without a prefix of
+            # its own, a restarted rank can read the address a rank of the previous attempt
+            # published and fail to connect ("Connection refused"), a race seen in tests.
+            store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+            store = dist.PrefixStore(f"bertpld-attempt-{attempt}", store)
+            dist.init_process_group(
+                backend=backend, store=store, rank=rank_, world_size=world, timeout=timeout
+            )
     if is_distributed() and _control is None:  # also on gloo, and for a group made by the caller
         _control = dist.new_group(backend="gloo", timeout=timeout)
 

@@ -14,11 +14,12 @@ and each task directory appears only once complete.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertpld import lock
 from bertpld import metrics as M
 from bertpld.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from bertpld.checkpoint import find_checkpoint, load_model_weights, load_run_config
@@ -99,23 +101,37 @@ def finetune(
         f"on {device.type} {prec.name} ({prec.reason}), tasks: {', '.join(t.name for t in tasks)}"
     )
     results = {}
-    for task in tasks:
-        results[task.name] = run_task(
-            task,
-            data[task.name],
-            tokenizer,
-            pcfg,
-            state,
-            cfg,
-            run_dir / "finetune",
-            device,
-            precision,
-            source,
-            log,
-        )
-    if len(tasks) > 1:
-        write_glue_table(results, run_dir / "finetune", source)
+    with lock.hold(run_dir / "finetune", "bertpld finetune"), _writes(run_dir / "finetune"):
+        for task in tasks:
+            results[task.name] = run_task(
+                task,
+                data[task.name],
+                tokenizer,
+                pcfg,
+                state,
+                cfg,
+                run_dir / "finetune",
+                device,
+                precision,
+                source,
+                log,
+            )
+        if len(tasks) > 1:
+            write_glue_table(results, run_dir / "finetune", source)
     return results
+
+
+@contextlib.contextmanager
+def _writes(directory: Path) -> Iterator[None]:
+    """A write that fails (full disk, permissions) is a one-line error. Each task's outputs are
+    written into a temporary directory renamed into place, so earlier results stay as they were."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename or directory
+        raise BertpldError(
+            f"{where}: write failed ({e.strerror or e}); results written before are intact"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertpld import __version__, checkpoint, pld
+from bertpld import __version__, checkpoint, lock, pld
 from bertpld import distributed as dist
 from bertpld.atomic import atomic_write_json, atomic_write_text
 from bertpld.config import (
@@ -86,13 +86,19 @@ def pretrain(
     device = resolve_device(cfg.impl.device)
     dist.init(device.type)
     try:
-        return _pretrain(cfg, out, device, resume, overwrite)
+        with contextlib.ExitStack() as held:  # the run directory's lock, held by rank 0 until the end
+            return _pretrain(cfg, out, device, resume, overwrite, held)
     finally:
         dist.shutdown()
 
 
 def _pretrain(
-    cfg: PretrainConfig, out: Path, device: torch.device, resume: bool, overwrite: bool
+    cfg: PretrainConfig,
+    out: Path,
+    device: torch.device,
+    resume: bool,
+    overwrite: bool,
+    held: contextlib.ExitStack,
 ) -> dict[str, Any]:
     rank, world = dist.rank(), dist.world_size()
     if cfg.impl.threads:
@@ -108,13 +114,17 @@ def _pretrain(
     gamma = pld.resolve_gamma(cfg.pld, total_steps) if cfg.pld.enabled else None
     prec = resolve_precision(cfg.impl.precision, device)
 
-    # Rank 0 owns the run directory; its verdict (or its error) is shared so no rank hangs.
+    # Rank 0 owns the run directory (one writer: it holds the directory's lock before it looks
+    # at or changes anything); its verdict (or its error) is shared so no rank hangs.
     ckpt, error = None, None
     if dist.is_main():
         try:
+            held.enter_context(lock.hold(out, "bertpld pretrain"))
             ckpt = _prepare_run_dir(cfg, out, resume, overwrite, tokens_per_seq, prec)
         except BertpldError as e:
             error = str(e)
+        except OSError as e:
+            error = f"{out}: cannot write the run directory ({e.strerror or e})"
     ckpt, error = dist.broadcast_object((ckpt, error))
     if error:
         raise BertpldError(error)
@@ -137,7 +147,7 @@ def _pretrain(
     reducer = dist.GradientReducer(model.parameters())
     counters = Counters()
     if ckpt is not None:
-        counters = _restore(Path(ckpt), model, optimizer, scaler, train_reader, rank, world)
+        counters = _restore(Path(ckpt), model, optimizer, scaler, train_reader, rank, world, cfg.train.seed)
     nsp = cfg.data.objective == "mlm+nsp"
     train_batches = iter(train_reader)
     saved_step = counters.step if ckpt is not None else -1  # decided in memory: identical on every rank
@@ -202,7 +212,9 @@ def _pretrain(
     try:
         while True:
             # --- stop? -------------------------------------------------------------------------
-            reason = _stop_reason(cfg, counters, stop)
+            reason, failed = _stop_reason(cfg, counters, stop, writer.error if writer else "")
+            if failed:  # rank 0 could not write: stop everywhere, keep the last checkpoint as it is
+                raise BertpldError(reason)
             if reason:
                 break
 
@@ -265,7 +277,11 @@ def _pretrain(
 
             counters.step += 1
             counters.samples += cfg.train.global_batch_size
-            counters.flops += step_flops_total * world
+            # each rank's micro-batches hold their own number of real tokens: sum what every rank ran
+            # (one scalar over the host side group, like the stop agreement; nothing on the GPU)
+            counters.flops += float(
+                dist.all_reduce_sum_host(torch.tensor([step_flops_total], dtype=torch.float64))
+            )
             step = counters.step
             evaluate_now = bool(cfg.train.eval_every) and step % cfg.train.eval_every == 0
             save_now = bool(cfg.train.save_every) and step % cfg.train.save_every == 0
@@ -290,7 +306,17 @@ def _pretrain(
 
             # --- checkpoint --------------------------------------------------------------------
             if save_now:
-                _save(out, cfg, model, optimizer, scaler, train_reader, counters, prec)
+                _save(
+                    out,
+                    cfg,
+                    model,
+                    optimizer,
+                    scaler,
+                    train_reader,
+                    counters,
+                    prec,
+                    writer.error if writer else "",
+                )
                 saved_step = counters.step
     finally:
         if progress is not None:
@@ -302,7 +328,9 @@ def _pretrain(
     else:
         final_row = None
     if counters.step > 0 and saved_step != counters.step:
-        _save(out, cfg, model, optimizer, scaler, train_reader, counters, prec)
+        _save(
+            out, cfg, model, optimizer, scaler, train_reader, counters, prec, writer.error if writer else ""
+        )
     evaluated = cfg.train.eval_every and counters.step % cfg.train.eval_every == 0
     if counters.step > 0 and not evaluated:
         last_val = _evaluate_into(counters, model, cfg, device, precision)
@@ -310,6 +338,8 @@ def _pretrain(
         final_row.update(last_val)
     if final_row is not None and writer is not None:
         writer.write(final_row)
+        if writer.error:
+            raise BertpldError(writer.error)
     summary = {
         "steps": counters.step,
         "samples": counters.samples,
@@ -329,7 +359,10 @@ def _pretrain(
     }
     if writer is not None:
         writer.close()
-        atomic_write_json(out / "summary.json", summary)
+        try:
+            atomic_write_json(out / "summary.json", summary)
+        except OSError as e:
+            raise BertpldError(_write_failed(out / "summary.json", e)) from None
         dist.print0(
             f"pretrain: stopped ({reason}) after {counters.step} steps, {counters.wall_s:.1f}s; {out}"
         )
@@ -562,7 +595,7 @@ def _prepare_run_dir(
         ):
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+    elif out.exists() and any(p.name != lock.LOCK for p in out.iterdir()) and not overwrite:
         raise BertpldError(
             f"--out {out}: exists and is not a bertpld run; choose a new directory or --overwrite"
         )
@@ -664,10 +697,14 @@ def _minimal_row(c: Counters) -> dict[str, Any]:
     return {"step": c.step, "samples": c.samples, "tokens": c.tokens, "flops": c.flops, "wall_s": c.wall_s}
 
 
-def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal) -> str:
+def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal, failure: str = "") -> tuple[str, bool]:
+    """Why to stop before the next step ('' to go on), and whether it is a failure (a write that
+    failed on rank 0: then nothing more is written). Every rank gets the same answer."""
     t = cfg.train
     reason = ""
-    if stop.signal:
+    if failure:
+        reason = failure
+    elif stop.signal:
         reason = f"signal {stop.signal}"
     elif t.max_steps and c.step >= t.max_steps:
         reason = f"max_steps {t.max_steps} reached"
@@ -679,36 +716,48 @@ def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal) -> str:
         reason = f"time budget {t.time_budget:g}s reached"
     elif t.target_val_loss and c.best_val_mlm_loss <= t.target_val_loss:
         reason = f"target validation MLM loss {t.target_val_loss:g} reached"
+    code = 2.0 if failure else 1.0 if reason else 0.0
     if dist.is_distributed():
         # Ranks must agree, every step: a signal reaches ranks at different moments and clocks
         # differ, so any rank that wants to stop stops everyone (one scalar all-reduce).
-        if dist.all_reduce_max(1.0 if reason else 0.0) and not reason:
-            reason = "stopped by another rank"
-    return reason
+        agreed = dist.all_reduce_max(code)
+        if agreed > code:
+            reason = (
+                "rank 0 could not write to the run directory" if agreed == 2 else "stopped by another rank"
+            )
+        code = agreed
+    return reason, code == 2
 
 
-def _save(out, cfg, model, optimizer, scaler, reader, counters: Counters, precision: Precision) -> None:
+def _save(
+    out, cfg, model, optimizer, scaler, reader, counters: Counters, precision: Precision, failure: str = ""
+) -> None:
+    """Write a checkpoint (rank 0), unless rank 0's `failure` (a metrics row it could not write)
+    says the run must stop first: a checkpoint past a lost row would resume without it."""
     dist.check_replicas_equal(model)
+    error = failure
     rngs = [checkpoint.rng_state()]
-    readers = [reader.state_dict()]
     if dist.is_distributed():
         rngs = [None] * dist.world_size()
-        readers = [None] * dist.world_size()
         torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
-        torch.distributed.all_gather_object(readers, reader.state_dict())
-    if dist.is_main():
+    if dist.is_main() and not error:
         state = {
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "counters": dict(vars(counters)),
             "rng": rngs,
-            "reader": readers,
+            "reader": reader.state_dict(),  # a global position: the same on every rank
             "world_size": dist.world_size(),
         }
         meta = {k: v for k, v in vars(counters).items() if not k.startswith("best_")}
         meta["precision"] = precision.name
-        checkpoint.save_checkpoint(out, counters.step, model, state, meta, cfg.train.keep_checkpoints)
-    dist.barrier()
+        try:  # written into a temporary directory: a failure leaves the previous checkpoints as they were
+            checkpoint.save_checkpoint(out, counters.step, model, state, meta, cfg.train.keep_checkpoints)
+        except OSError as e:
+            error = _write_failed(checkpoint.checkpoint_dir(out, counters.step), e)
+    error = dist.broadcast_object(error)  # every rank learns it (and waits for the write)
+    if error:
+        raise BertpldError(error)
 
 
 def _resumed_precision(ckpt: Path, cfg: PretrainConfig, prec: Precision, device: torch.device) -> Precision:
@@ -733,19 +782,27 @@ def _resumed_precision(ckpt: Path, cfg: PretrainConfig, prec: Precision, device:
     return Precision(DTYPES[saved], f"resumed in the precision the run started in ({prec.reason} now)")
 
 
-def _restore(ckpt: Path, model, optimizer, scaler, reader, rank: int, world: int) -> Counters:
+def _restore(ckpt: Path, model, optimizer, scaler, reader, rank: int, world: int, seed: int) -> Counters:
+    """Load everything that shapes the future. On the world size the checkpoint was written with
+    the run continues bit for bit. On another one (with the same global batch) every optimizer step
+    still consumes the same sequences (the reader's stream does not depend on the world size);
+    what differs is each rank's dropout stream, re-seeded here from (seed, step, rank), and, with
+    PLD, the gate draws of micro-steps that now exist or no longer do."""
     model.load_state_dict(checkpoint.load_model_weights(ckpt))
     state = checkpoint.load_training_state(ckpt)
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    if state["world_size"] != world:
-        raise BertpldError(
-            f"--resume: {ckpt} was written by {state['world_size']} rank(s), this run has {world}; "
-            "exact resumption needs the same world size"
+    saved = state["reader"]
+    reader.load_state_dict(saved[rank] if isinstance(saved, list) else saved)  # a list: before version 2
+    counters = Counters(**state["counters"])
+    if state["world_size"] == world:
+        checkpoint.set_rng_state(state["rng"][rank])
+    else:
+        dist.print0(
+            f"pretrain: {ckpt.name} was written by {state['world_size']} rank(s), continuing on {world}"
         )
-    reader.load_state_dict(state["reader"][rank])
-    checkpoint.set_rng_state(state["rng"][rank])
-    return Counters(**state["counters"])
+        _seed_everything(seed * 1_000_003 + counters.step * 1009 + rank)
+    return counters
 
 
 class _StopSignal:
@@ -764,24 +821,47 @@ class _StopSignal:
 
 
 class _Writer:
-    """metrics.jsonl (appended, flushed per row) and TensorBoard scalars, rank 0 only."""
+    """metrics.jsonl (appended, flushed per row) and TensorBoard scalars, rank 0 only.
+
+    A row that cannot be written (a full disk, lost permissions) is not an exception here, where
+    the other ranks would wait for rank 0 forever: `error` says what failed, and the loop's stop
+    agreement ends the run on every rank before the next step."""
 
     def __init__(self, out: Path, step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.file = (out / "metrics.jsonl").open("a")
+        self.path = out / "metrics.jsonl"
+        self.error = ""
+        try:
+            self.file = self.path.open("a")
+        except OSError as e:
+            raise BertpldError(_write_failed(self.path, e)) from None
         self.tb = SummaryWriter(str(out / "tb"), purge_step=step or None)
 
     def write(self, row: dict[str, Any]) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        if self.error:
+            return
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as e:
+            self.error = _write_failed(self.path, e)
+            return
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
                 self.tb.add_scalar(f"pretrain/{k}", v, row["step"])
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # a failed flush was reported already
+            self.file.close()
         self.tb.close()
+
+
+def _write_failed(path: Path, e: OSError) -> str:
+    return (
+        f"{path}: write failed ({e.strerror or e}); the run stopped, its last checkpoint is intact: "
+        "free space or fix permissions, then --resume"
+    )
 
 
 class _Progress:

@@ -22,8 +22,10 @@ def make_prepared_data(root: Path, **prepare) -> Path:
     return root / "data"
 
 
-def torchrun_two(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `args` (a script and its arguments) as 2 gloo ranks under torchrun, 1 thread each."""
+def torchrun_two(args: list[str], timeout: float = 300, restarts: int = 0) -> subprocess.CompletedProcess:
+    """Run `args` (a script and its arguments) as 2 gloo ranks under torchrun, 1 thread each;
+    torchrun restarts the whole job up to `restarts` times when a rank dies."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["--max-restarts", str(restarts), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -37,6 +37,14 @@ def _take(reader, n):
     return [next(it) for _ in range(n)]
 
 
+def _epoch_instances(r, epoch=0):
+    """Every instance of a train epoch, window by window in reading order, and the split's table."""
+    from bertpld.data.instances import concat_instances
+
+    windows = [r._window_instances(epoch, i) for i in range(len(r._plan(epoch)))]
+    return concat_instances(windows), r._table(list(range(len(r._shards))))
+
+
 def test_batch_layout_nsp(data):
     r = _reader(data)
     assert r.vocab_size == 300 and r.tokenizer_path == data / "tokenizer.json"
@@ -79,8 +87,7 @@ def test_mlm_objective_packs_whole_sentences(data):
     b = _take(r, 3)[-1]
     assert "nsp_labels" not in b
     assert (b["token_type_ids"] == 0).all()
-    inst = r._epoch(0)[0]
-    t = r._table
+    inst, t = _epoch_instances(r)
     # every packed instance starts at a sentence start and (unless one sentence is too long) ends at one
     starts = t.start + t.shard.astype(np.int64) * 10**9
     a = inst.a_start + inst.shard.astype(np.int64) * 10**9
@@ -141,8 +148,7 @@ def test_reader_mask_rate(data):
 
 def test_nsp_pairs_half_random_and_segments_from_the_right_documents(data):
     r = _reader(data)
-    inst = r._epoch(0)[0]
-    t = r._table
+    inst, t = _epoch_instances(r)
     assert abs(inst.nsp.mean() - 0.5) < 0.05
     key = t.shard.astype(np.int64) * 10**9 + t.start  # sentence start -> sentence index
     order = np.argsort(key)
@@ -168,35 +174,79 @@ def _rows(batches, n):
     return sorted(map(tuple, torch.cat([ids, labels], 1).tolist()))
 
 
-def test_rank_partitioning_disjoint_and_complete(data):
-    world = 3
-    readers = [_reader(data, seed=5, rank=k, world_size=world) for k in range(world)]
-    parts = [rd.rank_indices(0) for rd in readers]
-    n = readers[0].instances_in_epoch(0)
-    allidx = np.concatenate(parts)
-    assert len(allidx) == n and len(np.unique(allidx)) == n
-    # the rows the ranks yield in epoch 0 are exactly the rows a single reader yields
-    single = _reader(data, seed=5)
-    per_rank = [_rows(_take(rd, -(-len(p) // 16)), len(p)) for rd, p in zip(readers, parts)]
-    assert sorted(sum(per_rank, [])) == _rows(_take(single, -(-n // 16)), n)
-    assert not set(per_rank[0]) & set(per_rank[1])
+def _same(a, b):
+    return all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x) and len(a) == len(b)
+
+
+def test_ranks_read_one_stream_whatever_the_world_size(data):
+    """Rank r of W's k-th batch is the single stream's batch kW + r, masks included: an optimizer
+    step consumes the same sequences on any number of ranks."""
+    single = _take(_reader(data, seed=5), 12)
+    for world in (2, 3):
+        per_rank = [_take(_reader(data, seed=5, rank=r, world_size=world), 12 // world) for r in range(world)]
+        interleaved = [per_rank[r][k] for k in range(12 // world) for r in range(world)]
+        assert _same(interleaved, single)
+
+
+def test_an_epoch_reads_every_instance_once_in_windows_of_shards(data):
+    small = DataConfig(objective="mlm+nsp", max_seq_len=T, shuffle_window_tokens=60_000)
+    r = PretrainReader(data, small, "train", 16, seed=3)
+    plan = r._plan(0)
+    assert len(r._shards) >= 3 and len(plan) >= 2  # several windows of whole shards
+    assert sorted(np.concatenate(plan).tolist()) == list(range(len(r._shards)))  # each shard once
+    assert [s.tolist() for s in plan] != [s.tolist() for s in r._plan(1)]  # a new order each epoch
+    for w in plan[:-1]:  # a window closes once it holds shuffle_window_tokens tokens
+        assert r._shard_tokens[w].sum() >= 60_000 - r._shard_tokens[w[-1]]
+    sizes = r.window_sizes(0)
+    # the epoch is exactly the union of its shards' instances, each once
+    inst, _ = _epoch_instances(r)
+    per_shard = [r._shard_instances(0, s) for s in range(len(r._shards))]
+    key = lambda i: sorted(zip(i.shard.tolist(), i.a_start.tolist(), i.a_len.tolist(), i.b_start.tolist()))  # noqa: E731
+    from bertpld.data.instances import concat_instances
+
+    assert key(inst) == key(concat_instances(per_shard)) and len(inst) == sum(sizes)
+    # the stream crosses from window to window and into the next epoch without a gap
+    n = sum(sizes)
+    it = iter(r)
+    rows = 0
+    while r.position < n + 32:
+        rows += len(next(it)["input_ids"])
+    assert rows == r.position and r.epoch == 1
 
 
 def test_state_resume_gives_the_same_next_batch(data):
-    r = _reader(data, seed=7)
-    n_epoch = len(r.rank_indices(0)) // 16
-    it = iter(r)
-    for k in (3, n_epoch - 3):  # inside an epoch and across the epoch boundary
-        while r.position < k * 16 and r.epoch == 0:
-            next(it)
+    cfg = DataConfig(objective="mlm+nsp", max_seq_len=T, shuffle_window_tokens=60_000)
+    sizes = PretrainReader(data, cfg, "train", 16, seed=7).window_sizes(0)
+    # inside the first window, across a window boundary, across the epoch boundary
+    # (whole steps of 2 ranks x 16: multiples of 32)
+    for at in (4 * 16, sizes[0] // 32 * 32 - 32, sum(sizes) // 32 * 32 - 32):
+        r = PretrainReader(data, cfg, "train", 16, seed=7)
+        _take(r, at // 16)
         state = json.loads(json.dumps(r.state_dict()))  # survives a JSON checkpoint
-        expected = [next(it) for _ in range(5)]
-        fresh = _reader(data, seed=7)
+        expected = _take(r, 5)
+        fresh = PretrainReader(data, cfg, "train", 16, seed=7)
         fresh.load_state_dict(state)
-        got = _take(fresh, 5)
-        for e, g in zip(expected, got):
-            assert all(torch.equal(e[k], g[k]) for k in e)
-    assert r.epoch == 1  # the loop above did cross into epoch 1
+        assert _same(_take(fresh, 5), expected)
+        # on 2 ranks: rank k continues with the stream's batches 2j + k
+        halves = [PretrainReader(data, cfg, "train", 16, seed=7, rank=k, world_size=2) for k in range(2)]
+        for h in halves:
+            h.load_state_dict(state)
+        got = [_take(h, 2) for h in halves]
+        assert _same([got[0][0], got[1][0], got[0][1], got[1][1]], expected[:4])
+    assert r.epoch == 1  # the last case did cross into epoch 1
+
+
+def test_resume_refuses_an_incompatible_state(data):
+    r = _reader(data, seed=1)
+    _take(r, 3)
+    state = r.state_dict()
+    with pytest.raises(BertpldError, match=r"^data reader state: seed was 1, now 2; cannot resume$"):
+        _reader(data, seed=2).load_state_dict(state)
+    with pytest.raises(BertpldError, match=r"position 48 is not a whole number of batches of 16 x 2 ranks"):
+        _reader(data, seed=1, world_size=2).load_state_dict(state)
+    old = {"split": "train", "seed": 1, "rank": 0, "world_size": 1, "epoch": 0, "position": 48}
+    with pytest.raises(BertpldError, match="written by an older bertpld"):
+        _reader(data, seed=1).load_state_dict(old)
 
 
 def test_deterministic_given_seed_and_epochs_differ(data):
@@ -208,7 +258,8 @@ def test_deterministic_given_seed_and_epochs_differ(data):
     assert torch.equal(a[1]["input_ids"], b[1]["input_ids"])
     assert not torch.equal(a[1]["input_ids"], c[1]["input_ids"])
     r = _reader(data, seed=1)
-    assert not np.array_equal(r.rank_indices(0)[:50], r.rank_indices(1)[:50])
+    e0, e1 = r._window_instances(0, 0), r._window_instances(1, 0)
+    assert not np.array_equal(e0.a_start[:50], e1.a_start[:50])
 
 
 def test_validation_is_fixed_and_finite(data):
@@ -219,7 +270,7 @@ def test_validation_is_fixed_and_finite(data):
     assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(list(r), list(r)))  # repeatable
     for x, y in zip(v1, v2):
         assert all(torch.equal(x[k], y[k]) for k in x)
-    n = r.instances_in_epoch()
+    n = len(r._val)
     halves = [_rows(list(_reader(data, split="val", rank=k, world_size=2)), n) for k in range(2)]
     assert sorted(halves[0] + halves[1]) == _rows(v1, n)
 
@@ -237,6 +288,43 @@ def test_checksum_failure_names_the_shard(data, tmp_path):
     shard.unlink()
     with pytest.raises(BertpldError, match="shard-00001.npz: shard listed in manifest.json is missing"):
         _reader(copy)
+
+
+def test_checksums_are_verified_once_per_data_directory(data, tmp_path, monkeypatch):
+    import os
+
+    import bertpld.data.reader as R
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    (copy / ".verified.json").unlink(missing_ok=True)  # left by other tests' readers
+    hashed = []
+    real = R.sha256_file
+    monkeypatch.setattr(R, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    monkeypatch.setattr(R, "_verified", {})  # as in a new process
+    _reader(copy)
+    n = len(load_manifest(copy)["splits"]["train"]["shards"])
+    assert len(hashed) == n and (copy / ".verified.json").is_file()
+    monkeypatch.setattr(R, "_verified", {})  # another process, another rank, a restart
+    _reader(copy)
+    assert len(hashed) == n  # nothing hashed again
+    shard = copy / load_manifest(copy)["splits"]["train"]["shards"][0]["path"]
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF  # same size, new content, new mtime: hashed again and refused
+    shard.write_bytes(bytes(raw))
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    monkeypatch.setattr(R, "_verified", {})
+    with pytest.raises(BertpldError, match=r"shard-00000.npz: checksum mismatch"):
+        _reader(copy)
+    assert hashed[-1] == "shard-00000.npz"
+
+
+def test_a_read_only_data_directory_is_verified_per_process(data, tmp_path, monkeypatch):
+    import bertpld.data.reader as R
+
+    monkeypatch.setattr(R, "_verified", {})
+    monkeypatch.setattr(R, "atomic_write_json", lambda *a: (_ for _ in ()).throw(PermissionError(13, "ro")))
+    assert _take(_reader(data), 1)  # no record can be written: still reads
 
 
 def test_load_manifest_errors(tmp_path):

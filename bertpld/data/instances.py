@@ -16,7 +16,7 @@ original BERT's `create_instances_from_document`, vectorised:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -47,6 +47,14 @@ class Instances:
 
     def __len__(self) -> int:
         return len(self.a_start)
+
+    def take(self, index: np.ndarray) -> Instances:
+        """The instances at `index`, in that order."""
+        return Instances(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
+def concat_instances(parts: list[Instances]) -> Instances:
+    return Instances(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Instances)))
 
 
 def _fit_end(t: SentenceTable, first: np.ndarray, budget: np.ndarray) -> np.ndarray:

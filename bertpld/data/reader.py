@@ -1,26 +1,44 @@
 """Prepared shards -> batches for pre-training (the contract is in docs/DESIGN.md).
 
-`PretrainReader` memory-maps the shards of one split, verifies each shard's sha256 once per
-process, builds instances as arrays (see instances.py) and assembles every batch by array
-indexing, with dynamic masking (masking.py). The train split is endless: epoch e uses its own
-instances (for NSP) and order, both drawn from (seed, e); rank r of W reads instances r, r+W, ...
-of each epoch's order, and a batch may run across an epoch boundary. Masks depend only on
-(seed, epoch, instance), so a resumed reader continues with exactly the batch that came next.
+`PretrainReader` memory-maps the shards of one split, verifies each shard's sha256 once per data
+directory (recorded in DIR/.verified.json, re-checked when a shard's size or mtime changes),
+builds instances as arrays (see instances.py) and assembles every batch by array indexing, with
+dynamic masking (masking.py).
+
+The train split is one endless stream of instances, the same whatever the number of ranks:
+
+    epoch e   the shards in a random order drawn from (seed, e), cut into windows of about
+              data.shuffle_window_tokens tokens; a window's instances (built shard by shard, each
+              from (seed, e, shard)) in a random order drawn from (seed, e, window)
+    stream    epoch 0's windows one after the other, then epoch 1's, ...
+
+Rank r of W reads as its k-th micro-batch the B instances at stream positions (kW + r)B onwards,
+so an optimizer step of `accum` micro-steps on W ranks consumes exactly the next accum x W x B
+instances of the stream, whatever W is: a run resumes on another number of ranks with the same
+samples per step. Only the windows being read are in memory (the next one is built in a
+background thread), so memory and start-up do not grow with the corpus. Masks depend only on
+(seed, epoch, position in the epoch). The state is one global position, the same on every rank.
+
+The validation split is read in its build order with fixed masks (VAL_SEED), whatever the seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bertpld.atomic import atomic_write_json
 from bertpld.config import DataConfig
-from bertpld.data.instances import Instances, SentenceTable, build_mlm, build_nsp
+from bertpld.data.instances import Instances, SentenceTable, build_mlm, build_nsp, concat_instances
 from bertpld.data.masking import instance_keys, mask_tokens
 from bertpld.data.shards import FORMAT, MANIFEST, PROGRESS, open_shard, sha256_file
 from bertpld.errors import BertpldError
@@ -28,6 +46,7 @@ from bertpld.errors import BertpldError
 # Validation instances and masks use this seed whatever the training seed, so validation loss is
 # comparable across runs, seeds and world sizes.
 VAL_SEED = 0x5EED
+VERIFIED = ".verified.json"  # shards whose sha256 matched the manifest: {path: [size, mtime_ns, sha256]}
 _REQUIRED = (
     "format",
     "vocab_size",
@@ -37,7 +56,7 @@ _REQUIRED = (
     "fingerprint",
     "splits",
 )
-_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, this process
 
 
 def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
@@ -70,21 +89,57 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def verify_shard(path: Path, size: int, sha256: str) -> None:
-    """Check a shard against its manifest entry, hashing each file once per process."""
+def verify_shards(data_dir: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    """Check shards against their manifest records: every time their size, and their sha256 once
+    per data directory (DIR/.verified.json remembers each shard's size and mtime when its hash
+    matched; a shard whose size or mtime changed since is hashed again). A read-only data
+    directory is verified once per process instead."""
+    d = Path(data_dir)
     try:
-        st = path.stat()
-    except OSError:
-        raise BertpldError(f"{path}: shard listed in manifest.json is missing") from None
-    if st.st_size != size:
-        raise BertpldError(
-            f"{path}: shard size {st.st_size} differs from the manifest's {size} (corrupt shard)"
-        )
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _verified:
-        _verified[key] = sha256_file(path)
-    if _verified[key] != sha256:
-        raise BertpldError(f"{path}: checksum mismatch with manifest.json (corrupt or modified shard)")
+        record = json.loads((d / VERIFIED).read_text())
+        record = record if isinstance(record, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        record = {}
+    changed = False
+    for rec in records:
+        path = d / rec["path"]
+        try:
+            st = path.stat()
+        except OSError:
+            raise BertpldError(f"{path}: shard listed in manifest.json is missing") from None
+        if st.st_size != int(rec["size"]):
+            raise BertpldError(
+                f"{path}: shard size {st.st_size} differs from the manifest's {rec['size']} (corrupt shard)"
+            )
+        mark = [st.st_size, st.st_mtime_ns, rec["sha256"]]
+        if record.get(rec["path"]) == mark:
+            continue
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _verified:
+            _verified[key] = sha256_file(path)
+        if _verified[key] != rec["sha256"]:
+            raise BertpldError(f"{path}: checksum mismatch with manifest.json (corrupt or modified shard)")
+        record[rec["path"]] = mark
+        changed = True
+    if changed:  # (a read-only data directory: this process remembers, the next one hashes again)
+        with contextlib.suppress(OSError):
+            atomic_write_json(d / VERIFIED, record)
+
+
+@dataclass
+class _Window:
+    """A run of the train stream: the instances of a few shards of one epoch, in reading order."""
+
+    epoch: int
+    index: int  # within the epoch
+    start: int  # stream position of its first instance
+    epoch_offset: int  # position of its first instance within the epoch
+    last: bool  # the epoch's last window
+    instances: Instances
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.instances)
 
 
 class PretrainReader:
@@ -139,31 +194,37 @@ class PretrainReader:
             raise BertpldError(
                 f"{self.data_dir}: split '{split}' has no shards (raise prepare.val_fraction?)"
             )
-        self._tokens: list[np.ndarray] = []
-        self._table = self._open(recs)
-        self._epoch_cache: dict[int, tuple[Instances, np.ndarray]] = {}
-        self.epoch = 0
-        self.position = 0  # instances of this rank's order of `epoch` already yielded
+        verify_shards(self.data_dir, recs)
+        self._shards = [open_shard(self.data_dir / rec["path"]) for rec in recs]
+        # a plain ndarray view: memmap's subclass overhead per fancy-index is measurable
+        self._tokens = [sh.tokens.view(np.ndarray) for sh in self._shards]
+        self._shard_tokens = np.array([len(t) for t in self._tokens], dtype=np.int64)
+        if not any(sh.num_sentences for sh in self._shards):
+            raise BertpldError(f"{self.data_dir}: split '{split}' has no sentences")
+        self.batches_read = 0  # micro-batches this rank has yielded (the stream position follows)
         if split == "val":
-            self._val = self._instances(VAL_SEED, 0)
+            self._val = self._val_instances()
             self._val_keys = instance_keys(VAL_SEED, 0, np.arange(len(self._val)))
+            return
+        self._plans: dict[int, list[np.ndarray]] = {}  # epoch -> shard indices of each window
+        self._windows: list[_Window] = []  # built windows still needed, in stream order
+        self._anchor = (0, 0, 0, 0)  # (epoch, window, start, epoch_offset) of the first needed window
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bertpld-window")
+        self._next: tuple[tuple[int, int], Future] | None = None  # the window being built ahead
 
     # ------------------------------------------------------------------------------------------
-    # Loading
+    # Instances
 
-    def _open(self, recs: list[dict[str, Any]]) -> SentenceTable:
+    def _table(self, shards: list[int]) -> SentenceTable:
+        """The sentences of `shards` (in that order) as one table; `shard` holds table-local
+        indices 0..len(shards)-1, so NSP's random B stays inside its own shard."""
         cols: dict[str, list[np.ndarray]] = {
             k: [] for k in ("start", "length", "shard", "doc_start", "doc_end")
         }
         bounds = [0]
-        for i, rec in enumerate(recs):
-            path = self.data_dir / rec["path"]
-            verify_shard(path, int(rec["size"]), rec["sha256"])
-            shard = open_shard(path)
-            # a plain ndarray view: memmap's subclass overhead per fancy-index is measurable
-            self._tokens.append(shard.tokens.view(np.ndarray))
-            so = np.asarray(shard.sentence_offsets, dtype=np.int64)
-            do = np.asarray(shard.document_offsets, dtype=np.int64)
+        for i, s in enumerate(shards):
+            so = np.asarray(self._shards[s].sentence_offsets, dtype=np.int64)
+            do = np.asarray(self._shards[s].document_offsets, dtype=np.int64)
             n = len(so) - 1
             doc_len = np.diff(do)
             cols["start"].append(so[:-1])
@@ -172,32 +233,107 @@ class PretrainReader:
             cols["doc_start"].append(bounds[-1] + np.repeat(do[:-1], doc_len))
             cols["doc_end"].append(bounds[-1] + np.repeat(do[1:], doc_len))
             bounds.append(bounds[-1] + n)
-        if bounds[-1] == 0:
-            raise BertpldError(f"{self.data_dir}: split '{self.split}' has no sentences")
         columns = {k: np.concatenate(v) for k, v in cols.items()}
         return SentenceTable(**columns, shard_bounds=np.asarray(bounds, dtype=np.int64))
 
-    def _instances(self, seed: int, epoch: int) -> Instances:
-        if not self.nsp:  # packing is deterministic; only the order changes per epoch
-            if not hasattr(self, "_mlm"):
-                self._mlm = build_mlm(self._table, self.max_tokens)
-            return self._mlm
-        rng = np.random.default_rng([seed, epoch, 1])
-        return build_nsp(self._table, self.max_tokens, self.cfg.short_seq_prob, rng)
+    def _build(self, table: SentenceTable, rng: np.random.Generator | None) -> Instances:
+        if not self.nsp:
+            return build_mlm(table, self.max_tokens)
+        return build_nsp(table, self.max_tokens, self.cfg.short_seq_prob, rng)
 
-    def _epoch(self, epoch: int) -> tuple[Instances, np.ndarray]:
-        """This epoch's instances and this rank's share of their shuffled order."""
-        if epoch not in self._epoch_cache:
-            inst = self._instances(self.seed, epoch)
-            if len(inst) < self.world_size:
-                raise BertpldError(
-                    f"{self.data_dir}: split '{self.split}' has {len(inst)} instances, fewer than "
-                    f"world_size={self.world_size}"
-                )
-            order = np.random.default_rng([self.seed, epoch, 2]).permutation(len(inst))
-            self._epoch_cache = {e: v for e, v in self._epoch_cache.items() if e > epoch - 2}
-            self._epoch_cache[epoch] = (inst, order[self.rank :: self.world_size])
-        return self._epoch_cache[epoch]
+    def _val_instances(self) -> Instances:
+        """All validation shards as one table, built once with VAL_SEED: fixed across runs."""
+        shards = list(range(len(self._shards)))
+        return self._build(self._table(shards), np.random.default_rng([VAL_SEED, 0, 1]))
+
+    def _shard_instances(self, epoch: int, shard: int) -> Instances:
+        """The instances of one train shard in one epoch: a function of (seed, epoch, shard) only."""
+        inst = self._build(self._table([shard]), np.random.default_rng([self.seed, epoch, shard, 1]))
+        inst.shard[:] = shard
+        return inst
+
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's windows: the shards in a random order, cut where a window reaches
+        data.shuffle_window_tokens tokens (every window has at least one shard)."""
+        if epoch not in self._plans:
+            order = np.random.default_rng([self.seed, epoch, 0]).permutation(len(self._shards))
+            ends = np.cumsum(self._shard_tokens[order])
+            cut = np.flatnonzero(np.diff(ends // self.cfg.shuffle_window_tokens, prepend=0) > 0) + 1
+            windows = [w for w in np.split(order, cut) if len(w)]
+            self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}
+            self._plans[epoch] = windows
+        return self._plans[epoch]
+
+    def _window_instances(self, epoch: int, index: int) -> Instances:
+        """A window's instances in reading order: its shards' instances, then a random order."""
+        parts = [self._shard_instances(epoch, int(s)) for s in self._plan(epoch)[index]]
+        inst = concat_instances(parts)
+        order = np.random.default_rng([self.seed, epoch, index, 2]).permutation(len(inst))
+        return inst.take(order)
+
+    # ------------------------------------------------------------------------------------------
+    # The stream
+
+    def _following(self, epoch: int, index: int) -> tuple[int, int]:
+        return (epoch, index + 1) if index + 1 < len(self._plan(epoch)) else (epoch + 1, 0)
+
+    def _instances_of(self, epoch: int, index: int) -> Instances:
+        """Window (epoch, index), taken from the background build if it is the one under way."""
+        if self._next is not None and self._next[0] == (epoch, index):
+            inst = self._next[1].result()
+        else:
+            inst = self._window_instances(epoch, index)
+        self._next = None
+        return inst
+
+    def _prefetch(self, epoch: int, index: int) -> None:
+        key = self._following(epoch, index)
+        if self._next is None or self._next[0] != key:
+            self._next = (key, self._pool.submit(self._window_instances, *key))
+
+    def _window_at(self, position: int) -> _Window:
+        """The window holding stream `position`, building windows forward as needed; windows
+        wholly before `position` are dropped (reads only move forward)."""
+        while self._windows and self._windows[0].end <= position:
+            self._anchor = self._after(self._windows.pop(0))
+        while not self._windows or self._windows[-1].end <= position:
+            epoch, index, start, offset = self._after(self._windows[-1]) if self._windows else self._anchor
+            inst = self._instances_of(epoch, index)
+            last = index == len(self._plan(epoch)) - 1
+            self._windows.append(_Window(epoch, index, start, offset, last, inst))
+            self._prefetch(epoch, index)
+        for w in self._windows:
+            if w.start <= position < w.end:
+                return w
+        raise AssertionError("unreachable: windows cover the stream")  # internal bug
+
+    def _after(self, w: _Window) -> tuple[int, int, int, int]:
+        """(epoch, index, start, epoch_offset) of the window that follows `w`."""
+        epoch, index = self._following(w.epoch, w.index)
+        return epoch, index, w.end, 0 if w.last else w.epoch_offset + len(w.instances)
+
+    def _read(self, position: int, n: int) -> dict[str, np.ndarray]:
+        """Stream instances [position, position + n) as one assembled batch (may cross windows)."""
+        parts = []
+        while n:
+            w = self._window_at(position)
+            i = position - w.start
+            take = np.arange(i, min(i + n, len(w.instances)))
+            keys = instance_keys(self.seed, w.epoch, w.epoch_offset + take)
+            parts.append(self._assemble(w.instances, take, keys))
+            position += len(take)
+            n -= len(take)
+        return parts[0] if len(parts) == 1 else _concat(parts)
+
+    @property
+    def position(self) -> int:
+        """The stream position of this rank's next micro-batch."""
+        return (self.batches_read * self.world_size + self.rank) * self.micro_batch_size
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of this rank's next micro-batch."""
+        return self._window_at(self.position).epoch
 
     # ------------------------------------------------------------------------------------------
     # Iteration
@@ -206,21 +342,11 @@ class PretrainReader:
         if self.split == "val":
             yield from self._iter_val()
             return
-        B = self.micro_batch_size
         while True:
-            parts = []
-            need = B
-            while need:
-                inst, mine = self._epoch(self.epoch)
-                take = mine[self.position : self.position + need]
-                if len(take):
-                    parts.append(self._assemble(inst, take, instance_keys(self.seed, self.epoch, take)))
-                self.position += len(take)
-                need -= len(take)
-                if self.position >= len(mine):
-                    self.epoch, self.position = self.epoch + 1, 0
+            batch = self._read(self.position, self.micro_batch_size)
             # state already points at the next batch while the consumer holds this one
-            yield _to_torch(parts[0] if len(parts) == 1 else _concat(parts))
+            self.batches_read += 1
+            yield _to_torch(batch)
 
     def _iter_val(self) -> Iterator[dict[str, torch.Tensor]]:
         mine = np.arange(self.rank, len(self._val), self.world_size)
@@ -235,44 +361,68 @@ class PretrainReader:
         n = len(range(self.rank, len(self._val), self.world_size))
         return -(-n // self.micro_batch_size)
 
-    def instances_in_epoch(self, epoch: int = 0) -> int:
-        """Instances of the whole split (all ranks) in one epoch."""
-        return len(self._val) if self.split == "val" else len(self._epoch(epoch)[0])
-
     def mean_tokens_per_sequence(self) -> float:
-        """Mean real tokens per sequence ([CLS] and [SEP]s included) over the whole split's
-        instances of epoch 0 (what a FLOPs budget expects a sequence to cost)."""
-        inst = self._val if self.split == "val" else self._epoch(0)[0]
+        """Mean real tokens per sequence ([CLS] and [SEP]s included): over the validation split,
+        or over the first window of the train stream (what a FLOPs budget expects a sequence to
+        cost; the first window is the whole epoch unless the corpus is larger than a window)."""
+        inst = self._val if self.split == "val" else self._window_at(0).instances
         specials = np.where(inst.b_len > 0, 3, 2)
         return float((inst.a_len + inst.b_len + specials).mean())
 
-    def rank_indices(self, epoch: int = 0) -> np.ndarray:
-        """Indices of the instances this rank reads in `epoch`, in reading order."""
-        if self.split == "val":
-            return np.arange(self.rank, len(self._val), self.world_size)
-        return self._epoch(epoch)[1].copy()
+    def window_sizes(self, epoch: int) -> list[int]:
+        """Instances in each window of a train epoch (builds them all: for tests and benchmarks)."""
+        return [len(self._window_instances(epoch, i)) for i in range(len(self._plan(epoch)))]
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The global stream position (the same on every rank after a whole optimizer step) and
+        the window it falls in, so that a resumed reader builds only that window."""
+        position = self.batches_read * self.world_size * self.micro_batch_size
+        state: dict[str, Any] = {
+            "version": 2,
             "split": self.split,
             "seed": self.seed,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "epoch": self.epoch,
-            "position": self.position,
             "fingerprint": self.fingerprint,
             "objective": self.cfg.objective,
             "max_seq_len": self.cfg.max_seq_len,
+            "shuffle_window_tokens": self.cfg.shuffle_window_tokens,
+            "micro_batch_size": self.micro_batch_size,
+            "position": position,
         }
+        if self.split == "train":
+            w = self._window_at(position)
+            state["window"] = [w.epoch, w.index, w.start, w.epoch_offset]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("split", "seed", "world_size", "fingerprint", "objective", "max_seq_len"):
-            mine = self.state_dict()[key]
-            if state.get(key) != mine:
+        """Continue at a saved global position, with this reader's rank and world size."""
+        if state.get("version") != 2:
+            raise BertpldError(
+                "data reader state: written by an older bertpld whose sample order differs; "
+                "this run cannot be resumed exactly (start it again)"
+            )
+        mine = self.state_dict()
+        for key in ("split", "seed", "fingerprint", "objective", "max_seq_len", "shuffle_window_tokens"):
+            if state.get(key) != mine[key]:
                 raise BertpldError(
-                    f"data reader state: {key} was {state.get(key)!r}, now {mine!r}; cannot resume"
+                    f"data reader state: {key} was {state.get(key)!r}, now {mine[key]!r}; cannot resume"
                 )
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        per_batch = self.world_size * self.micro_batch_size
+        if state["micro_batch_size"] != self.micro_batch_size or state["position"] % per_batch:
+            raise BertpldError(
+                f"data reader state: position {state['position']} is not a whole number of batches of "
+                f"{self.micro_batch_size} x {self.world_size} ranks (impl.micro_batch_size was "
+                f"{state['micro_batch_size']}); cannot resume"
+            )
+        self.batches_read = state["position"] // per_batch
+        if self.split == "train":
+            epoch, index, start, offset = (int(v) for v in state["window"])
+            self._windows, self._next = [], None
+            self._anchor = (epoch, index, start, offset)
+
+    def close(self) -> None:
+        """Stop the background window build (also done when the reader is garbage-collected)."""
+        if self.split == "train":
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------------------------------
     # Batch assembly: one vectorised pass over a (B, T) grid
