@@ -30,7 +30,7 @@ format:
 	$(PYTHON) -m ruff format bertpld tests scripts
 	$(PYTHON) -m ruff check --fix bertpld tests scripts
 
-# The whole comparison on the offline default (CPU, ~10-15 min on 2 cores); SCALE=base for the paper's runs.
+# The whole comparison on the offline default (CPU, <= 20 min on 2 cores); SCALE=base for the paper's runs.
 SCALE ?= demo
 reproduce: install
 	SCALE=$(SCALE) bash scripts/reproduce.sh

@@ -4,11 +4,13 @@ and the same bytes with any number of worker processes."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,8 +21,10 @@ from pydoc_data.topics import topics
 import numpy as np
 import pytest
 
+import bertpld.atomic as atomic
 import bertpld.data.prepare as prep
 import bertpld.data.workers as workers
+from bertpld import lock
 from bertpld.config import ConfigError, PrepareConfig, PrepareSection, load_config
 from bertpld.data import text as text_mod
 from bertpld.data.shards import open_shard, sha256_file
@@ -146,7 +150,7 @@ def _blake2b_fraction(text: str, key: bytes) -> float:
 def test_rerun_is_noop_and_other_config_refused(tmp_path, corpus, monkeypatch):
     out = tmp_path / "data"
     m1 = prep.prepare(_cfg(corpus), out, progress=False)
-    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"}  # names its last holder
 
     def boom(*a, **k):
         raise AssertionError("a no-op rerun wrote a shard")
@@ -154,7 +158,7 @@ def test_rerun_is_noop_and_other_config_refused(tmp_path, corpus, monkeypatch):
     monkeypatch.setattr(prep, "write_shard", boom)
     monkeypatch.setattr(prep, "train_tokenizer", boom)
     assert prep.prepare(_cfg(corpus), out, progress=False) == m1
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamp
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"} == stamp
     with pytest.raises(
         BertpldError, match=r"different config \(prepare.vocab_size: 400 -> 300\); pass --overwrite"
     ):
@@ -198,6 +202,62 @@ def test_interrupted_prepare_resumes_at_first_unfinished_shard(tmp_path, corpus,
     assert len(resumed) == n_shards - 2
     assert {p: p.stat().st_mtime_ns for p in first} == first  # finished shards untouched
     assert m["splits"] == reference["splits"] and m["fingerprint"] == reference["fingerprint"]
+
+
+def test_a_second_prepare_is_refused_while_one_writes(tmp_path, corpus):
+    out = tmp_path / "data"
+    with lock.hold(out, "bertpld prepare"):  # a prepare writing `out` (flock: per open file, so even here)
+        r = _cli(f"text={corpus}", "--out", str(out), "--vocab-size", "300")
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(
+        f"error: {out}: in use by bertpld prepare (pid {os.getpid()} on {socket.gethostname()}); one writer"
+    ), r.stderr
+    assert _cli(f"text={corpus}", "--out", str(out), "--vocab-size", "300").returncode == 0  # released
+
+
+def test_a_full_disk_stops_prepare_with_finished_shards_intact(tmp_path, corpus, monkeypatch):
+    reference = prep.prepare(_cfg(corpus), tmp_path / "ref", progress=False)
+    out = tmp_path / "data"
+    real = atomic.os.fsync
+    shards: list[str] = []
+
+    def full_at_third_shard(fd):  # the real temp-file-and-rename write, failing as a full disk does
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if ".shard-" in name:
+            shards.append(name)
+            if len(shards) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", full_at_third_shard)
+    with pytest.raises(BertpldError) as e:
+        prep.prepare(_cfg(corpus), out, progress=False)
+    failed = Path(shards[2]).parent / Path(shards[2]).name.split(".")[1]
+    assert str(e.value) == (
+        f"{out / failed.parent.name / failed.name}.npz: write failed (No space left on device); prepare "
+        "stopped, the shards written before are intact: free space or fix permissions, then run the same "
+        "command again (it resumes)"
+    )
+    assert not list(out.rglob("*.tmp")) and not (out / "manifest.json").exists()
+    assert len(list(out.rglob("shard-*.npz"))) == 2
+    monkeypatch.undo()
+    m = prep.prepare(_cfg(corpus), out, progress=False)
+    assert m["splits"] == reference["splits"] and m["fingerprint"] == reference["fingerprint"]
+
+
+def test_prepare_records_its_shards_as_verified(tmp_path, corpus, monkeypatch):
+    import bertpld.data.reader as R
+
+    out = tmp_path / "data"
+    m = prep.prepare(_cfg(corpus), out, progress=False)
+    records = [r for s in m["splits"].values() for r in s["shards"]]
+    monkeypatch.setattr(R, "_verified", {})  # a reader in a new process
+    monkeypatch.setattr(R, "sha256_file", lambda p: pytest.fail(f"{p} hashed again after prepare"))
+    R.verify_shards(out, records)
+    recorded = json.loads((out / ".verified.json").read_text())
+    assert sorted(recorded) == sorted(r["path"] for r in records)
+    assert all(recorded[r["path"]][2] == sha256_file(out / r["path"]) for r in records)
 
 
 def test_given_tokenizer_is_reused(tmp_path, corpus):

@@ -321,9 +321,10 @@ def test_checksums_are_verified_once_per_data_directory(data, tmp_path, monkeypa
 
 def test_a_read_only_data_directory_is_verified_per_process(data, tmp_path, monkeypatch):
     import bertpld.data.reader as R
+    import bertpld.data.shards as S
 
     monkeypatch.setattr(R, "_verified", {})
-    monkeypatch.setattr(R, "atomic_write_json", lambda *a: (_ for _ in ()).throw(PermissionError(13, "ro")))
+    monkeypatch.setattr(S, "atomic_write_json", lambda *a: (_ for _ in ()).throw(PermissionError(13, "ro")))
     assert _take(_reader(data), 1)  # no record can be written: still reads
 
 

@@ -7,11 +7,13 @@ under a temporary name and renamed, and a progress file records each finished sh
 interrupted run resumes at the first unfinished shard (documents of finished shards are read and
 cleaned again, but neither written nor, except near the boundary, encoded). `manifest.json` is
 written last; its presence means the directory is complete, and a rerun with the same config is
-a no-op.
+a no-op. One writer per directory: prepare holds DIR/.lock (bertpld.lock) while it runs, and a
+write that fails (full disk, permissions) stops it with a one-line error, resumable as above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bertpld import __version__
+from bertpld import __version__, lock
 from bertpld.atomic import atomic_write_bytes, atomic_write_json
 from bertpld.config import (
     PREPARE_SPEED_ONLY,
@@ -35,7 +37,18 @@ from bertpld.config import (
     config_to_dict,
 )
 from bertpld.data import unigram
-from bertpld.data.shards import FORMAT, MANIFEST, PROGRESS, Shard, sha256_file, token_dtype, write_shard
+from bertpld.data.shards import (
+    FORMAT,
+    MANIFEST,
+    PROGRESS,
+    VERIFIED,
+    Shard,
+    sha256_file,
+    token_dtype,
+    verified_mark,
+    write_shard,
+    write_verified,
+)
 from bertpld.data.sources import Part, PartStats, SourceStats, iter_parts
 from bertpld.data.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
 from bertpld.data.workers import (
@@ -93,11 +106,17 @@ def prepare(
 
     console = Console(stderr=True, quiet=not progress)
     out = Path(out)
-    sec = cfg.prepare
     config = recorded_config(cfg)
     if out.exists() and not out.is_dir():
         raise BertpldError(f"--out {out}: exists and is not a directory")
+    with lock.hold(out, "bertpld prepare"):
+        return _prepare(cfg, out, overwrite, config, console)
 
+
+def _prepare(
+    cfg: PrepareConfig, out: Path, overwrite: bool, config: dict[str, Any], console: Any
+) -> dict[str, Any]:
+    sec = cfg.prepare
     done = _existing(out, config, overwrite)
     if done is not None:
         console.print(f"[green]{out}[/] is already prepared with this config (nothing to do)")
@@ -117,7 +136,9 @@ def prepare(
         sampled: deque[Block] = deque()  # documents read for the sample, encoded once it is trained
         if sec.tokenizer:
             tok = load_tokenizer(sec.tokenizer)
-            atomic_write_bytes(tok_path, Path(sec.tokenizer).read_bytes())
+            data = Path(sec.tokenizer).read_bytes()
+            with _writing(tok_path):
+                atomic_write_bytes(tok_path, data)
         elif (
             state.get("tokenizer_sha256")
             and tok_path.is_file()
@@ -131,7 +152,8 @@ def prepare(
             with console.status(f"training WordPiece (vocab {sec.vocab_size:,}) on {chars:,} characters"):
                 tok = train_tokenizer(texts, sec.vocab_size, alphabets)
             del texts, alphabets
-            atomic_write_bytes(tok_path, tok.to_str(pretty=True).encode())
+            with _writing(tok_path):
+                atomic_write_bytes(tok_path, tok.to_str(pretty=True).encode())
         tok_sha = sha256_file(tok_path)
         if state.get("tokenizer_sha256") != tok_sha:
             state["shards"] = {}  # shards of an interrupted run are only valid with its tokenizer
@@ -177,7 +199,10 @@ def prepare(
     manifest[unigram.MANIFEST_KEY] = (
         round(unigram.val_unigram_ce(out, manifest), 6) if manifest["splits"]["val"]["tokens"] else None
     )
-    atomic_write_json(out / MANIFEST, manifest)
+    with _writing(out / MANIFEST):
+        atomic_write_json(out / MANIFEST, manifest)
+    # the shards were hashed as they were written: readers need not hash them again
+    write_verified(out, {r["path"]: verified_mark(out, r) for s in SPLITS for r in splits[s].records})
     seconds = time.perf_counter() - t0
     _summary(console, out, manifest, seconds)
     console.print(
@@ -420,6 +445,7 @@ def _existing(out: Path, config: dict[str, Any], overwrite: bool) -> dict[str, A
     manifest_path.unlink(missing_ok=True)
     progress_path.unlink(missing_ok=True)
     (out / TOKENIZER).unlink(missing_ok=True)
+    (out / VERIFIED).unlink(missing_ok=True)
     for split in SPLITS:
         shutil.rmtree(out / split, ignore_errors=True)
     return None
@@ -451,15 +477,27 @@ def _read_progress(out: Path) -> dict[str, Any]:
     return state
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A write that fails (full disk, permissions) is a one-line error; the atomic writes leave the
+    file as it was and no temporary file, and a rerun of the same command resumes."""
+    try:
+        yield
+    except OSError as e:
+        raise BertpldError(
+            f"{path}: write failed ({e.strerror or e}); prepare stopped, the shards written before are "
+            "intact: free space or fix permissions, then run the same command again (it resumes)"
+        ) from None
+
+
 def _write_progress(out: Path, config: dict[str, Any], tok_sha: str, splits: dict[str, _SplitState]) -> None:
-    atomic_write_json(
-        out / PROGRESS,
-        {
-            "config": config,
-            "tokenizer_sha256": tok_sha,
-            "shards": {s: st.records for s, st in splits.items()},
-        },
-    )
+    progress = {
+        "config": config,
+        "tokenizer_sha256": tok_sha,
+        "shards": {s: st.records for s, st in splits.items()},
+    }
+    with _writing(out / PROGRESS):
+        atomic_write_json(out / PROGRESS, progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,9 +520,10 @@ def _flush(
     n_sent = int(doc_off[n_docs])
     n_tok = int(sent_off[n_sent])
     rel = f"{st.name}/shard-{len(st.records):05d}.npz"
-    info = write_shard(
-        out / rel, Shard(tokens[:n_tok], sent_off[: n_sent + 1], doc_off[: n_docs + 1].astype(np.int64))
-    )
+    with _writing(out / rel):
+        info = write_shard(
+            out / rel, Shard(tokens[:n_tok], sent_off[: n_sent + 1], doc_off[: n_docs + 1].astype(np.int64))
+        )
     st.records.append(
         {
             "path": rel,

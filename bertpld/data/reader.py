@@ -24,7 +24,6 @@ The validation split is read in its build order with fixed masks (VAL_SEED), wha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -36,17 +35,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertpld.atomic import atomic_write_json
 from bertpld.config import DataConfig
 from bertpld.data.instances import Instances, SentenceTable, build_mlm, build_nsp, concat_instances
 from bertpld.data.masking import instance_keys, mask_tokens
-from bertpld.data.shards import FORMAT, MANIFEST, PROGRESS, open_shard, sha256_file
+from bertpld.data.shards import (
+    FORMAT,
+    MANIFEST,
+    PROGRESS,
+    open_shard,
+    read_verified,
+    sha256_file,
+    write_verified,
+)
 from bertpld.errors import BertpldError
 
 # Validation instances and masks use this seed whatever the training seed, so validation loss is
 # comparable across runs, seeds and world sizes.
 VAL_SEED = 0x5EED
-VERIFIED = ".verified.json"  # shards whose sha256 matched the manifest: {path: [size, mtime_ns, sha256]}
 _REQUIRED = (
     "format",
     "vocab_size",
@@ -95,11 +100,7 @@ def verify_shards(data_dir: str | os.PathLike, records: list[dict[str, Any]]) ->
     matched; a shard whose size or mtime changed since is hashed again). A read-only data
     directory is verified once per process instead."""
     d = Path(data_dir)
-    try:
-        record = json.loads((d / VERIFIED).read_text())
-        record = record if isinstance(record, dict) else {}
-    except (OSError, json.JSONDecodeError):
-        record = {}
+    record = read_verified(d)
     changed = False
     for rec in records:
         path = d / rec["path"]
@@ -111,7 +112,7 @@ def verify_shards(data_dir: str | os.PathLike, records: list[dict[str, Any]]) ->
             raise BertpldError(
                 f"{path}: shard size {st.st_size} differs from the manifest's {rec['size']} (corrupt shard)"
             )
-        mark = [st.st_size, st.st_mtime_ns, rec["sha256"]]
+        mark = [st.st_size, st.st_mtime_ns, rec["sha256"]]  # as shards.verified_mark
         if record.get(rec["path"]) == mark:
             continue
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -122,8 +123,7 @@ def verify_shards(data_dir: str | os.PathLike, records: list[dict[str, Any]]) ->
         record[rec["path"]] = mark
         changed = True
     if changed:  # (a read-only data directory: this process remembers, the next one hashes again)
-        with contextlib.suppress(OSError):
-            atomic_write_json(d / VERIFIED, record)
+        write_verified(d, record)
 
 
 @dataclass

@@ -11,8 +11,10 @@ the zip: readers touch only the pages they use and processes share the page cach
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import os
 import zipfile
 from dataclasses import dataclass
@@ -20,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bertpld.atomic import atomic_write_bytes
+from bertpld.atomic import atomic_write_bytes, atomic_write_json
 from bertpld.errors import BertpldError
 
 FORMAT = "bertpld-shards-v1"  # the prepared directory's layout, checked by the reader
 MANIFEST = "manifest.json"  # written last: its presence means the directory is complete
 PROGRESS = ".prepare-progress.json"  # present while a prepare is unfinished
+VERIFIED = ".verified.json"  # shards whose sha256 matched the manifest: {path: [size, mtime_ns, sha256]}
 MEMBERS = ("tokens", "sentence_offsets", "document_offsets")
 
 
@@ -103,3 +106,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_verified(data_dir: Path) -> dict[str, list]:
+    """DIR/.verified.json: {shard path: [size, mtime_ns, sha256]} of shards whose hash matched."""
+    try:
+        record = json.loads((data_dir / VERIFIED).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def verified_mark(data_dir: Path, rec: dict) -> list:
+    """The mark of a manifest shard record `rec` ({path, size, sha256}) as on disk now."""
+    st = (data_dir / rec["path"]).stat()
+    return [st.st_size, st.st_mtime_ns, rec["sha256"]]
+
+
+def write_verified(data_dir: Path, record: dict[str, list]) -> None:
+    """Record verified shards; a read-only data directory records nothing (readers hash again)."""
+    with contextlib.suppress(OSError):
+        atomic_write_json(data_dir / VERIFIED, record)
