@@ -388,7 +388,13 @@ def choose_baseline(runs: list[Run], baseline: Run | None) -> tuple[Run | None, 
     notes = []
     if len(post) > 1:
         others = ", ".join(r.name for r in post[1:])
-        notes.append(f"several Post-LN runs: {post[0].name} is the baseline ({others} compared to it)")
+        if len({_arm_key(r) for r in post}) == 1:  # seeds of one arm
+            notes.append(
+                f"the baseline arm has {len(post)} seeds: ratios and time-to-target are against its first "
+                f"run, {post[0].name} ({others} compared to it)"
+            )
+        else:
+            notes.append(f"several Post-LN runs: {post[0].name} is the baseline ({others} compared to it)")
     return post[0], notes
 
 
@@ -487,15 +493,17 @@ def stat(values: list[float | None]) -> dict[str, Any] | None:
 def difference(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
     """a's mean - b's mean, and whether the difference is inside the seed spread.
 
-    The spread is the larger of the two arms' ranges (max - min over seeds): a difference of means
-    smaller than that is "within noise". With one seed in either arm the spread is unknown.
+    The spread is the larger range (max - min over seeds) of the arms that have several seeds: a
+    difference of means no larger than that is "within noise". With one seed in both arms the
+    spread is unknown.
     """
     if a is None or b is None:
         return None
     diff = a["mean"] - b["mean"]
-    if a["n"] < 2 or b["n"] < 2:
+    ranges = [s["max"] - s["min"] for s in (a, b) if s["n"] >= 2]
+    if not ranges:
         return {"diff": diff, "spread": None, "verdict": "one seed: noise unknown"}
-    spread = max(a["max"] - a["min"], b["max"] - b["min"])
+    spread = max(ranges)
     return {
         "diff": diff,
         "spread": spread,
@@ -861,7 +869,10 @@ def print_summary(result: ReportResult, console: Any = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or a pipe: the whole table, not 80 columns
+            console = Console(width=140)
     rep = result.report
     base = f"baseline: {rep['baseline']}" if rep["baseline"] else "no baseline"
     t = Table(title=f"bertpld report ({escape(base)}; ratios are run / baseline)")
@@ -899,7 +910,8 @@ def print_summary(result: ReportResult, console: Any = None) -> None:
     if any(len(a["runs"]) > 1 for a in rep["arms"]):
         for a in rep["arms"]:
             st, vs = a["stats"], a["vs_baseline"] or {}
-            line = f"{a['name']} ({len(a['runs'])} seeds): {loss} {fmt_stat(st['final_loss'], fmt_loss)}"
+            seeds = f"{len(a['runs'])} seed{'s' if len(a['runs']) > 1 else ''}"
+            line = f"{a['name']} ({seeds}): {loss} {fmt_stat(st['final_loss'], fmt_loss)}"
             if vs.get("final_loss"):
                 line += f", vs baseline {fmt_difference(vs['final_loss'])}"
             console.print(escape(line), highlight=False)

@@ -434,8 +434,9 @@ def _arm_blocks(rep: dict[str, Any]) -> list[tuple]:
             "p",
             "An arm is the runs whose configs differ only in the seed (and in logging or speed-only "
             "settings). Each cell: mean over seeds (min – max). A difference to the baseline is "
-            "'within noise' when it is no larger than the larger of the two arms' seed ranges; with one "
-            "seed the noise is unknown and no difference means anything on its own.",
+            "'within noise' when it is no larger than the larger seed range of the two arms (of the arm "
+            "with several seeds, if only one has); with one seed in both the noise is unknown and no "
+            "difference means anything on its own.",
         ),
     ]
 

@@ -713,3 +713,25 @@ def test_runs_before_the_loss_split_are_compared_on_the_total(three_runs: dict[s
     run = make_run(tmp_path, "mlm", cfg, _rows([1, 2, 3, 4], [1, 2, 3, 4], [6, 5, 4, 3], {40: 4.5}))
     rep = write_report([run], tmp_path / "rep2").report
     assert rep["loss_is_mlm"] and _by_name(rep)["mlm"]["final_val_mlm_loss"] == 4.5
+
+
+def test_noise_verdict_uses_the_seed_range_of_the_arms_that_have_seeds() -> None:
+    from bertpld.report import difference, stat
+
+    two = stat([5.0, 5.2])  # range 0.2
+    three = stat([5.0, 5.1, 5.4])  # range 0.4
+    one = stat([4.9])
+    assert difference(one, stat([5.3])) == {
+        "diff": pytest.approx(-0.4),
+        "spread": None,
+        "verdict": "one seed: noise unknown",
+    }
+    assert difference(one, two) == {
+        "diff": pytest.approx(-0.2),
+        "spread": pytest.approx(0.2),
+        "verdict": "within noise",
+    }
+    assert difference(stat([4.8]), two)["verdict"] == "beyond noise"  # 0.3 > 0.2
+    assert difference(two, one)["spread"] == pytest.approx(0.2)  # either side
+    assert difference(stat([4.8]), three)["verdict"] == "within noise"  # the larger range: 0.4
+    assert difference(two, three)["spread"] == pytest.approx(0.4)
