@@ -23,6 +23,7 @@ import bertpld.data.prepare as prep
 import bertpld.data.workers as workers
 from bertpld.config import ConfigError, PrepareConfig, PrepareSection, load_config
 from bertpld.data import text as text_mod
+from bertpld.data.pieces import read_piece
 from bertpld.data.shards import open_shard, sha256_file
 from bertpld.data.sources import SourceStats, iter_documents
 from bertpld.data.tokenizer import SPECIAL_TOKENS, alphabet, load_tokenizer, train_tokenizer
@@ -321,7 +322,7 @@ _PROCESS = workers.process  # imported before any test patches it, here and in w
 def _jittered(job):
     """`workers.process`, but in a worker process half the blocks finish late: results arrive out
     of order, so an output that followed the order of completion would differ between counts."""
-    first = (job.records or job.texts or [""])[0]
+    first = (job.records or job.texts or job.pieces or [""])[0]
     if multiprocessing.parent_process() is not None and zlib.crc32(str(first)[:200].encode()) % 2:
         time.sleep(0.05)
     return _PROCESS(job)
@@ -457,7 +458,8 @@ def _alive(pid: int) -> bool:
 
 
 def _raising(job):
-    if job.texts is None and any("__init__" in str(r) for r in job.records):
+    records = job.records if job.pieces is None else [r for p in job.pieces for r in read_piece(p).records]
+    if job.texts is None and any("__init__" in str(r) for r in records):
         raise BertpldError("a user error\nsecond line that must not show")
     return _PROCESS(job)
 
