@@ -388,12 +388,7 @@ def choose_baseline(runs: list[Run], baseline: Run | None) -> tuple[Run | None, 
     notes = []
     if len(post) > 1:
         others = ", ".join(r.name for r in post[1:])
-        if len({_arm_key(r) for r in post}) == 1:  # seeds of one arm
-            notes.append(
-                f"the baseline arm has {len(post)} seeds: ratios and time-to-target are against its first "
-                f"run, {post[0].name} ({others} compared to it)"
-            )
-        else:
+        if len({_arm_key(r) for r in post}) > 1:  # (seeds of one arm are the baseline arm together)
             notes.append(f"several Post-LN runs: {post[0].name} is the baseline ({others} compared to it)")
     return post[0], notes
 

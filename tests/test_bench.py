@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -104,3 +106,25 @@ def test_bench_train_precision_smoke(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["precision_speedup"] > 0 and len(result["fp32_tokens_per_s"]) == 1
     assert "auto / fp32 throughput" in done.stdout
+
+
+def test_bench_data_workers_smoke_and_projection(tmp_path: Path) -> None:
+    """bench_data --workers on a few documents of the real-corpus layout: byte-identical outputs and
+    a projection that follows from the measured CPU per token."""
+    out = tmp_path / "bench.json"
+    args = [sys.executable, str(ROOT / "scripts" / "bench_data.py"), "--workers", "1,2", "--repeat", "1"]
+    args += ["--rss-scale", "1", "--max-documents", "30", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["corpus"] == "files" and res["outputs_byte_identical"] is True
+    w, m = res["worker_cpu_us_per_token"], res["main_cpu_us_per_token"]
+    assert w > 0 and m > 0
+    for cores in (8, 32, 64):
+        expected = max(4e9 * w * 1e-6 / (cores - 1), 4e9 * m * 1e-6) + res["tokenizer_training_s"]
+        assert res[f"projected_4b_minutes_{cores}_cores"] * 60 == pytest.approx(expected)
+        assert (
+            f"PROJECTION, not measured: prepare of Wikipedia + BookCorpus (4B tokens) on {cores} cores"
+            in done.stdout
+        )
