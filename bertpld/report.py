@@ -420,14 +420,20 @@ def _data_warnings(runs: list[Run]) -> list[str]:
 
 
 def _hardware_warnings(runs: list[Run]) -> list[str]:
+    """Wall-clock ratios mean little between runs on different hardware, thread counts or precision."""
     out = []
-    for key in ("device_name", "gpu_count", "world_size"):
-        vals = {json.dumps(r.env.get(key)) for r in runs if key in r.env}
-        if len(vals) > 1:
-            out.append(
-                f"runs ran on different hardware ({key} differs): wall-clock ratios mix in the hardware"
-            )
-            break
+    for keys, what in (
+        (("device_name", "gpu_count", "world_size"), "hardware"),
+        (("torch_threads",), "CPU thread counts"),
+        (("precision",), "precision"),
+    ):
+        for key in keys:
+            vals = {json.dumps(r.env.get(key)) for r in runs if key in r.env}
+            if len(vals) > 1:
+                out.append(
+                    f"runs ran on different {what} ({key} differs): wall-clock ratios mix in the {what}"
+                )
+                break
     return out
 
 

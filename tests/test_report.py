@@ -491,6 +491,16 @@ def test_mismatched_data_warns(tmp_path: Path, three_runs: dict[str, Path], caps
     assert "DIFFERENT DATA" in md and "NOT comparable" in md
 
 
+def test_different_thread_counts_warn_about_wall_clock(tmp_path: Path, three_runs: dict[str, Path]) -> None:
+    rep = write_report(list(three_runs.values()), tmp_path / "same").report
+    assert not any("wall-clock ratios mix" in w for w in rep["warnings"])
+    for name, run in three_runs.items():
+        env = json.loads((run / "env.json").read_text())
+        (run / "env.json").write_text(json.dumps({**env, "torch_threads": 2 if name == "pre" else 1}))
+    rep = write_report(list(three_runs.values()), tmp_path / "rep").report
+    assert any("different CPU thread counts (torch_threads differs)" in w for w in rep["warnings"])
+
+
 def test_no_baseline_gives_partial_report(tmp_path: Path, three_runs: dict[str, Path]) -> None:
     res = write_report([three_runs["pre"], three_runs["pld"]], tmp_path / "rep")
     rep = res.report
