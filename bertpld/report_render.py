@@ -341,8 +341,10 @@ def _headline_blocks(rep: dict[str, Any]) -> list[tuple]:
     headers = ["", "paper: PLD / BERT-base", *cols]
 
     def speed(c: dict[str, Any]) -> str:
-        if c["reached"] is False:
-            return f"target not reached (by {c['reached_by']} seeds)"
+        if c["reached"] is False:  # by some seeds of the arm, or none
+            if c["reached_by"].startswith("0 of"):
+                return f"target not reached (by {c['reached_by']} seeds)"
+            return f"target reached by {c['reached_by']} seeds only: no speed-up for the arm"
         if c["speedup_flops"] is None:
             return "–"
         return f"{fmt_ratio(c['speedup_flops'])} FLOPs, {fmt_ratio(c['speedup_wall_s'])} wall"

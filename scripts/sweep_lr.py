@@ -8,7 +8,7 @@ arm is the lowest final loss among its runs; an lr at the edge of the grid is fl
 optimum may lie beyond it. Runs go `--jobs` at a time, one thread each (as `make reproduce` runs
 them); finished runs are reused, so an interrupted sweep continues where it stopped.
 
-    python scripts/sweep_lr.py --data data/demo --lrs 1e-3,2e-3,3e-3,4e-3 --out runs/sweep
+    python scripts/sweep_lr.py --data data/demo --lrs 2e-3,3e-3,4e-3,6e-3 --out runs/sweep
     python scripts/sweep_lr.py --arms post --lrs 1e-3,2e-3 --seeds 1,2,3   # the seed spread of one lr
 """
 
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--data", default="data/demo")
     ap.add_argument("--config", default="demo")
     ap.add_argument("--arms", default="post,pre,pld")
-    ap.add_argument("--lrs", default="1e-3,2e-3,3e-3,4e-3")
+    ap.add_argument("--lrs", default="2e-3,3e-3,4e-3,6e-3")
     ap.add_argument("--seeds", default="1", help="comma-separated seeds; the table shows their mean")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--out", default="runs/sweep")

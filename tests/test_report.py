@@ -669,6 +669,7 @@ def test_seeds_form_arms_with_mean_spread_and_a_noise_verdict(tmp_path: Path) ->
     row = next(line for line in md.splitlines() if line.startswith("| pld |"))
     assert "4.0000 (3.9500 – 4.0500)" in row and "+0.000 (within noise, seed spread 0.200)" in row
     assert "Arms: mean and spread over seeds" in md
+    assert "target reached by 1 of 2 seeds only: no speed-up for the arm" in md
 
 
 def test_one_seed_arms_say_the_noise_is_unknown(three_runs: dict[str, Path], tmp_path: Path) -> None:
