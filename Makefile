@@ -17,7 +17,7 @@ install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || { \
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install torch; \
 	  else $(PIP) install $(TORCH_CPU); fi; }
-	@if [ -z "$(FORCE)" ] && [ "$$(cat .installed 2>/dev/null)" = "$(INSTALLED)" ] && $(PYTHON) -c "import gensim, pytest, bertpld; assert bertpld.__file__.startswith('$(CURDIR)/')" 2>/dev/null; then \
+	@if [ -z "$(FORCE)" ] && [ "$$(cat .installed 2>/dev/null)" = "$(INSTALLED)" ] && $(PYTHON) -P -c "import gensim, pytest, bertpld; assert bertpld.__file__.startswith('$(CURDIR)/')" 2>/dev/null; then \
 	  echo "install: up to date (.installed; FORCE=1 to reinstall)"; \
 	else \
 	  rm -f .installed && \
