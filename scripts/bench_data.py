@@ -223,7 +223,8 @@ def projection(runs: dict[str, dict], counts: list[int], tokens: int) -> dict:
     (reading their pieces, cleaning, splitting, encoding) and the main process' (reading what only
     it can read, counting, writing shards). On C cores, C - 1 workers beside the main process:
     max(workers' work / (C - 1), main's work), plus training the tokenizer, whose sample is bounded
-    (prepare.tokenizer_sample_chars), so its measured time does not grow with the corpus. Assumes
+    (prepare.tokenizer_sample_chars, 200M characters): its time stops growing once the corpus is
+    larger than that (--repeat 14, ~50M tokens, is; the default ~7M tokens is not). Assumes
     the per-worker rate holds at C workers (the measured 2-vs-1 scaling is printed beside it) and
     that the disk keeps up (~12 GB of parquet read, ~8 GB of shards written)."""
     n = counts[-1]
