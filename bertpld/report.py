@@ -733,6 +733,7 @@ def _headline(arms: list[dict[str, Any]], base_hit: dict[str, float | None]) -> 
             "speedup_wall_s": _ratio(b_cost.get("wall_s"), mean(a, "ttt_wall_s")) if everyone else None,
             "reached": everyone if base_hit else None,
             "reached_by": f"{a['reached']} of {len(a['runs'])}",
+            "reached_seeds": a["reached"],
             "final_loss": difference(a["stats"]["final_loss"], b["stats"]["final_loss"]),
             "glue": (mean(a, "glue_average"), mean(b, "glue_average")),
             "glue_difference": difference(a["stats"]["glue_average"], b["stats"]["glue_average"]),

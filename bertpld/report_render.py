@@ -342,7 +342,7 @@ def _headline_blocks(rep: dict[str, Any]) -> list[tuple]:
 
     def speed(c: dict[str, Any]) -> str:
         if c["reached"] is False:  # by some seeds of the arm, or none
-            if c["reached_by"].startswith("0 of"):
+            if not c["reached_seeds"]:
                 return f"target not reached (by {c['reached_by']} seeds)"
             return f"target reached by {c['reached_by']} seeds only: no speed-up for the arm"
         if c["speedup_flops"] is None:

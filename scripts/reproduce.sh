@@ -57,6 +57,11 @@ else
   exit 2
 fi
 
+if ! [[ "$JOBS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: JOBS=$JOBS: expected a positive integer (steps at a time)" >&2
+  exit 2
+fi
+
 # The pre-training runs, in the order they are started: by default postln-s1, pld-s1, postln-s2,
 # pld-s2, preln-s1.
 order=()
