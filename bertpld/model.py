@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from bertpld.config import ModelConfig
 from bertpld.errors import BertpldError
+from bertpld.phases import phase
 
 
 class PretrainOutput(NamedTuple):
@@ -216,14 +217,19 @@ class BertModel(nn.Module):
         # (B, 1, 1, T) boolean, True = attend; broadcast over heads and query positions.
         mask = attention_mask.bool()[:, None, None, :]
         if token_index is None:
-            x = self.embeddings(input_ids, token_type_ids)
-            return self.encoder(x, mask, gates, keep_probs)
+            with phase("forward.embeddings"):
+                x = self.embeddings(input_ids, token_type_ids)
+            with phase("forward.blocks"):
+                return self.encoder(x, mask, gates, keep_probs)
         B, T = input_ids.shape
-        ids, types = (t.reshape(-1)[token_index][None] for t in (input_ids, token_type_ids))
-        x = self.embeddings(ids, types, positions=token_index % T)[0]  # (N, H)
-        x = self.encoder(x, mask, gates, keep_probs, token_index)
-        padded = torch.zeros(B * T, x.shape[-1], dtype=x.dtype, device=x.device)
-        return padded.index_copy_(0, token_index, x).view(B, T, -1)
+        with phase("forward.embeddings"):
+            ids, types = (t.reshape(-1)[token_index][None] for t in (input_ids, token_type_ids))
+            x = self.embeddings(ids, types, positions=token_index % T)[0]  # (N, H)
+        with phase("forward.blocks"):
+            x = self.encoder(x, mask, gates, keep_probs, token_index)
+        with phase("forward.heads"):  # re-padding serves the heads
+            padded = torch.zeros(B * T, x.shape[-1], dtype=x.dtype, device=x.device)
+            return padded.index_copy_(0, token_index, x).view(B, T, -1)
 
     def pool(self, hidden: Tensor) -> Tensor:
         assert self.pooler is not None, "model built without a pooler"
@@ -324,6 +330,12 @@ class BertForPreTraining(nn.Module):
         `token_index` (from `token_index(attention_mask)`): skip the padding (see the module doc).
         """
         hidden = self.bert(input_ids, token_type_ids, attention_mask, gates, keep_probs, token_index)
+        with phase("forward.heads"):
+            return self._heads(hidden, mlm_positions, mlm_labels, nsp_labels)
+
+    def _heads(
+        self, hidden: Tensor, mlm_positions: Tensor, mlm_labels: Tensor | None, nsp_labels: Tensor | None
+    ) -> PretrainOutput:
         # gather, not boolean indexing: the shape is fixed, so there is no device sync.
         idx = mlm_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, P, H)
         mlm_logits = self.mlm(torch.gather(hidden, 1, idx), self.bert.embeddings.word.weight)  # (B, P, V)

@@ -33,6 +33,7 @@ from bertpld.data import unigram
 from bertpld.data.reader import load_manifest
 from bertpld.errors import BertpldError
 from bertpld.glue import AVERAGE_EXCLUDES, PAPER_ORDER
+from bertpld.json_numbers import finite_number
 from bertpld.report_render import (
     fmt_difference,
     fmt_loss,
@@ -284,13 +285,6 @@ def _read_metrics(path: Path, warnings: list[str], name: str) -> list[dict[str, 
     return rows
 
 
-def finite_number(v: Any) -> float | None:
-    """`v` as a float if it is a finite int or float (not a bool), else None."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
-
-
 # ----------------------------------------------------------------------------------------------
 # The numbers
 
@@ -512,157 +506,230 @@ def difference(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, 
     }
 
 
+@dataclass
+class BaselineArm:
+    """The baseline arm, as every run is measured against it: by its seeds' means, so that no one
+    lucky or unlucky seed sets the target or the ratios."""
+
+    runs: list[Run]
+    target: float | None
+    totals: dict[str, float | None]
+    cost_to_target: dict[str, float | None]
+
+
 def compare(runs: list[Run], baseline: Run | None, extra_warnings: list[str] | None = None) -> dict[str, Any]:
     """All the report's numbers (the content of report.json)."""
-    warnings = list(extra_warnings or [])
-    for r in runs:
-        warnings.extend(r.warnings)
-    warnings.extend(_data_warnings(runs))
-    warnings.extend(_hardware_warnings(runs))
     keys, metric_label, notes = _loss_metric(runs)
-    warnings.extend(notes)
-    mlm = not notes
+    warnings = [*(extra_warnings or []), *(w for r in runs for w in r.warnings)]
+    warnings += [*_data_warnings(runs), *_hardware_warnings(runs), *notes]
+    seeds_of, arm_names = _arm_groups(runs)
+    base = _baseline_arm(seeds_of[baseline.name] if baseline is not None else [], keys)
+    warnings += _baseline_warnings(baseline, base)
+    entries = [_run_entry(r, keys[r.name], arm_names[r.name], r is baseline, base) for r in runs]
+    warnings += _near_unigram_warnings(entries)
+    tasks, common = _glue_tasks(entries)
+    for e in entries:
+        e["glue_average"] = _glue_average(e["glue"], common)
+    warnings += _glue_task_warnings(tasks, common)
+    basis = _basis(runs)
+    if baseline is not None and basis == "samples":
+        warnings += _unequal_samples_warnings(entries)
+    arms = _arms(entries, baseline.name if baseline else None)
+    return {
+        "generated_by": f"bertpld {__version__}",
+        "baseline": baseline.name if baseline else None,
+        "baseline_seeds": len(base.runs),
+        "loss_metric": metric_label,
+        "loss_is_mlm": not notes,
+        "basis": basis,
+        "target_val_loss": base.target,
+        "unigram": next((r.unigram for r in [*base.runs, *runs] if r.unigram is not None), None),
+        "unigram_margin": UNIGRAM_MARGIN,
+        "warnings": warnings,
+        "runs": entries,
+        "arms": arms,
+        "glue": {"tasks": tasks, "average_over": common, "rule": GLUE_RULE},
+        "paper": {**PAPER, "glue_average_by_our_rule": _paper_glue_averages()},
+        "headline": _headline(arms, base.cost_to_target),
+        "config_differences": _config_table(runs, baseline),
+    }
 
+
+def _arm_groups(runs: list[Run]) -> tuple[dict[str, list[Run]], dict[str, str]]:
+    """Run name -> the runs of its arm, and run name -> its arm's name; a name two arms would share
+    gets a prime, since arms are told apart by name in every table."""
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(_arm_key(r), []).append(r)
-    arm_of = {r.name: members for members in groups.values() for r in members}
-    arm_name: dict[str, str] = {}  # run name -> its arm's (unique) name
+    seeds_of = {r.name: members for members in groups.values() for r in members}
+    arm_name: dict[str, str] = {}
     for members in groups.values():
         name = _arm_name([r.name for r in members])
         while name in arm_name.values():
             name += "'"
         arm_name.update((r.name, name) for r in members)
-    base_runs = arm_of[baseline.name] if baseline is not None else []
+    return seeds_of, arm_name
 
-    # The target: the baseline arm's mean final loss. The baseline's cost to reach it, per seed,
-    # is its first crossing (validation curves are not monotone), or its total where it never did.
+
+def _baseline_arm(base_runs: list[Run], keys: dict[str, str]) -> BaselineArm:
+    """A seed's cost to the target is its first crossing (validation curves are not monotone), or
+    its whole run where it never crossed: the runs' speed-ups then compare crossing with crossing."""
     finals = [b.final(keys[b.name]) for b in base_runs]
     target = (
         statistics.fmean(v for v in finals if v is not None) if any(v is not None for v in finals) else None
     )
-    if baseline is not None and target is None:
-        warnings.append(f"baseline {baseline.name} has no validation loss: no time-to-target")
-    if baseline is not None and not all(b.complete for b in base_runs):
-        warnings.append(f"baseline {baseline.name} is incomplete: its totals and target are provisional")
-    base_tot = {k: stat([b.total(k) for b in base_runs]) for k in ("samples", "tokens", "flops", "wall_s")}
-    base_tot = {k: (v["mean"] if v else None) for k, v in base_tot.items()}
-    base_hit: dict[str, float | None] = {}
+    totals = {k: _mean([b.total(k) for b in base_runs]) for k in ("samples", "tokens", "flops", "wall_s")}
+    cost: dict[str, float | None] = {}
     if target is not None:
         for k in ("flops", "wall_s"):
             costs = []
             for b in base_runs:
                 hit = time_to_target(b.evals(keys[b.name]), target, keys[b.name])
                 costs.append(hit[k] if hit is not None and hit[k] is not None else b.total(k))
-            base_hit[k] = stat(costs)["mean"] if stat(costs) else None
-    unigram_line = next((r.unigram for r in [*base_runs, *runs] if r.unigram is not None), None)
+            cost[k] = _mean(costs)
+    return BaselineArm(base_runs, target, totals, cost)
 
-    out_runs = []
-    for r in runs:
-        key = keys[r.name]
-        tot = {k: r.total(k) for k in ("samples", "tokens", "flops", "wall_s", "steps")}
-        if tot["steps"] is None and r.rows:
-            tot["steps"] = finite_number(r.rows[-1].get("step"))
-        tps = [v for v in (finite_number(x.get("tokens_per_s")) for x in r.rows) if v is not None]
-        mfu = [v for v in (finite_number(x.get("mfu")) for x in r.rows) if v is not None]
-        final_mlm = r.final(r.mlm_key) if r.mlm_key else None
-        beyond = r.unigram - final_mlm if r.unigram is not None and final_mlm is not None else None
-        entry: dict[str, Any] = {
-            "name": r.name,
-            "path": str(r.path),
-            "kind": r.kind,
-            "label": KIND_LABELS[r.kind],
-            "arm": arm_name[r.name],
-            "is_baseline": r is baseline,
-            "complete": r.complete,
-            "stop_reason": (r.summary or {}).get("stop_reason"),
-            **tot,
-            "final_train_loss": r.final_train_loss,
-            "final_val_loss": r.final_val_loss,
-            "final_val_mlm_loss": final_mlm,
-            "final_loss": r.final(key),
-            "unigram": r.unigram,
-            "beyond_unigram": beyond,
-            "evaluations": len(r.evals(key)),
-            "tokens_per_s_median": statistics.median(tps) if tps else None,
-            "mfu_median": statistics.median(mfu) if mfu else None,
-            "ratios": {k: _ratio(tot[k], base_tot.get(k)) for k in ("samples", "tokens", "flops", "wall_s")},
-            "time_to_target": None,
-            "glue": {
-                t: glue_scores(res) for t, res in sorted(r.finetune.items(), key=lambda x: _task_sort(x[0]))
-            },
-            "env": r.env,
-            "data": r.data,
-        }
-        if beyond is not None and beyond < UNIGRAM_MARGIN:
-            warnings.append(
-                f"NEAR THE UNIGRAM LINE: {r.name} ends at validation MLM loss {final_mlm:.3f}, only "
-                f"{beyond:.3f} nats below the unigram line {r.unigram:.3f} (word frequencies alone): it has "
-                "learned almost no language, so comparisons with it are NOT meaningful"
-            )
-        if target is not None:
-            hit = time_to_target(r.evals(key), target, key)
-            if hit is None:
-                entry["time_to_target"] = {"reached": False}
-            else:
-                entry["time_to_target"] = {
-                    "reached": True,
-                    **hit,
-                    "speedup_flops": _ratio(base_hit.get("flops"), hit["flops"]),
-                    "speedup_wall_s": _ratio(base_hit.get("wall_s"), hit["wall_s"]),
-                }
-        out_runs.append(entry)
 
-    # GLUE average over the tasks every fine-tuned run has, so that averages are comparable
-    tuned = [e for e in out_runs if e["glue"]]
+def _mean(values: list[float | None]) -> float | None:
+    s = stat(values)
+    return s["mean"] if s else None
+
+
+def _baseline_warnings(baseline: Run | None, base: BaselineArm) -> list[str]:
+    """Every time-to-target hangs on the baseline: say when it has none, or only a provisional one."""
+    if baseline is None:
+        return []
+    out = []
+    if base.target is None:
+        out.append(f"baseline {baseline.name} has no validation loss: no time-to-target")
+    if not all(b.complete for b in base.runs):
+        out.append(f"baseline {baseline.name} is incomplete: its totals and target are provisional")
+    return out
+
+
+def _run_entry(r: Run, key: str, arm: str, is_baseline: bool, base: BaselineArm) -> dict[str, Any]:
+    """One run's row of report.json; `key` is the validation loss the runs are compared on."""
+    tot = _run_totals(r)
+    final_mlm = r.final(r.mlm_key) if r.mlm_key else None
+    beyond = r.unigram - final_mlm if r.unigram is not None and final_mlm is not None else None
+    return {
+        "name": r.name,
+        "path": str(r.path),
+        "kind": r.kind,
+        "label": KIND_LABELS[r.kind],
+        "arm": arm,
+        "is_baseline": is_baseline,
+        "complete": r.complete,
+        "stop_reason": (r.summary or {}).get("stop_reason"),
+        **tot,
+        "final_train_loss": r.final_train_loss,
+        "final_val_loss": r.final_val_loss,
+        "final_val_mlm_loss": final_mlm,
+        "final_loss": r.final(key),
+        "unigram": r.unigram,
+        "beyond_unigram": beyond,
+        "evaluations": len(r.evals(key)),
+        "tokens_per_s_median": _median_of(r.rows, "tokens_per_s"),
+        "mfu_median": _median_of(r.rows, "mfu"),
+        "ratios": {k: _ratio(tot[k], base.totals.get(k)) for k in ("samples", "tokens", "flops", "wall_s")},
+        "time_to_target": _time_to_target_entry(r, key, base),
+        "glue": {
+            t: glue_scores(res) for t, res in sorted(r.finetune.items(), key=lambda x: _task_sort(x[0]))
+        },
+        "env": r.env,
+        "data": r.data,
+    }
+
+
+def _run_totals(r: Run) -> dict[str, float | None]:
+    """Samples, tokens, FLOPs, wall-clock and steps; metrics rows log no steps total, so an
+    incomplete run's steps are its last row's step."""
+    tot = {k: r.total(k) for k in ("samples", "tokens", "flops", "wall_s", "steps")}
+    if tot["steps"] is None and r.rows:
+        tot["steps"] = finite_number(r.rows[-1].get("step"))
+    return tot
+
+
+def _median_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The median, so that a few untypical log intervals do not set a run's rate."""
+    vals = [v for v in (finite_number(x.get(key)) for x in rows) if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _time_to_target_entry(r: Run, key: str, base: BaselineArm) -> dict[str, Any] | None:
+    """The speed-up divides the baseline arm's own cost to the target, not its whole run."""
+    if base.target is None:
+        return None
+    hit = time_to_target(r.evals(key), base.target, key)
+    if hit is None:
+        return {"reached": False}
+    return {
+        "reached": True,
+        **hit,
+        "speedup_flops": _ratio(base.cost_to_target.get("flops"), hit["flops"]),
+        "speedup_wall_s": _ratio(base.cost_to_target.get("wall_s"), hit["wall_s"]),
+    }
+
+
+def _near_unigram_warnings(entries: list[dict[str, Any]]) -> list[str]:
+    """A run barely below the unigram line has learned word frequencies, not language: comparing
+    it says nothing about PLD."""
+    return [
+        f"NEAR THE UNIGRAM LINE: {e['name']} ends at validation MLM loss {e['final_val_mlm_loss']:.3f}, only "
+        f"{e['beyond_unigram']:.3f} nats below the unigram line {e['unigram']:.3f} (word frequencies alone): "
+        "it has learned almost no language, so comparisons with it are NOT meaningful"
+        for e in entries
+        if e["beyond_unigram"] is not None and e["beyond_unigram"] < UNIGRAM_MARGIN
+    ]
+
+
+def _glue_tasks(entries: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Every fine-tuned task, and the tasks the average runs over: those every fine-tuned run has
+    (WNLI aside), so that averages are comparable."""
+    tuned = [e for e in entries if e["glue"]]
     common = sorted(
         set.intersection(*(set(e["glue"]) for e in tuned)) - set(AVERAGE_EXCLUDES) if tuned else set(),
         key=_task_sort,
     )
-    for e in out_runs:
-        scores = [e["glue"][t]["score"] for t in common if t in e["glue"]]
-        ok = bool(common) and len(scores) == len(common) and all(s is not None for s in scores)
-        e["glue_average"] = sum(scores) / len(scores) if ok else None
-    all_tasks = sorted({t for e in tuned for t in e["glue"]}, key=_task_sort)
-    if set(all_tasks) - set(AVERAGE_EXCLUDES) != set(common):
-        warnings.append(
-            "fine-tuned tasks differ between runs: the GLUE average uses only "
-            + (", ".join(common) or "no tasks")
-        )
-    basis = _basis(runs)
-    if baseline is not None and basis == "samples":
-        for e in out_runs:
-            sr = e["ratios"]["samples"]
-            if sr is not None and abs(sr - 1) > 0.01:
-                warnings.append(
-                    f"{e['name']} saw {sr:.2f}x the baseline's samples: its FLOPs and wall-clock ratios "
-                    "are not at equal samples"
-                )
+    return sorted({t for e in tuned for t in e["glue"]}, key=_task_sort), common
 
-    arms = _arms(out_runs, baseline.name if baseline else None)
-    paper_glue = {
-        row: {"metrics": tasks, "average": sum(sum(m.values()) / len(m) for m in tasks.values()) / len(tasks)}
+
+def _glue_average(glue: dict[str, dict[str, Any]], common: list[str]) -> float | None:
+    """None unless the run has a score for every common task: a partial average would not compare."""
+    scores = [glue[t]["score"] for t in common if t in glue]
+    ok = bool(common) and len(scores) == len(common) and all(s is not None for s in scores)
+    return sum(scores) / len(scores) if ok else None
+
+
+def _glue_task_warnings(tasks: list[str], common: list[str]) -> list[str]:
+    """Tasks left out of the average are easy to miss in the table: say which remain."""
+    if set(tasks) - set(AVERAGE_EXCLUDES) == set(common):
+        return []
+    return [
+        "fine-tuned tasks differ between runs: the GLUE average uses only "
+        + (", ".join(common) or "no tasks")
+    ]
+
+
+def _unequal_samples_warnings(entries: list[dict[str, Any]]) -> list[str]:
+    """On a samples basis the cost ratios mean something only at equal samples."""
+    out = []
+    for e in entries:
+        sr = e["ratios"]["samples"]
+        if sr is not None and abs(sr - 1) > 0.01:
+            out.append(
+                f"{e['name']} saw {sr:.2f}x the baseline's samples: its FLOPs and wall-clock ratios "
+                "are not at equal samples"
+            )
+    return out
+
+
+def _paper_glue_averages() -> dict[str, float]:
+    """The paper's GLUE averages by our rule, so that they compare with ours."""
+    return {
+        row: sum(sum(m.values()) / len(m) for m in tasks.values()) / len(tasks)
         for row, tasks in PAPER["glue"].items()
     }
-    report = {
-        "generated_by": f"bertpld {__version__}",
-        "baseline": baseline.name if baseline else None,
-        "baseline_seeds": len(base_runs),
-        "loss_metric": metric_label,
-        "loss_is_mlm": mlm,
-        "basis": basis,
-        "target_val_loss": target,
-        "unigram": unigram_line,
-        "unigram_margin": UNIGRAM_MARGIN,
-        "warnings": warnings,
-        "runs": out_runs,
-        "arms": arms,
-        "glue": {"tasks": all_tasks, "average_over": common, "rule": GLUE_RULE},
-        "paper": {**PAPER, "glue_average_by_our_rule": {k: v["average"] for k, v in paper_glue.items()}},
-        "headline": _headline(arms, base_hit),
-        "config_differences": _config_table(runs, baseline),
-    }
-    return report
 
 
 def _basis(runs: list[Run]) -> str:

@@ -137,52 +137,75 @@ def _task_header(task: str, metrics: list[str]) -> str:
 def sections(rep: dict[str, Any], images: dict[str, str]) -> list[tuple[str, list[tuple]]]:
     """The report as (title, blocks); a block is ('p', text), ('warn', text), ('table', headers, rows)
     or ('img', file name, caption)."""
-    runs = rep["runs"]
-    base = rep["baseline"]
-    out: list[tuple[str, list[tuple]]] = []
+    headline = [("Headline: ours beside the paper's", _headline_blocks(rep))] if rep["headline"] else []
+    return [
+        ("Overview", _overview_blocks(rep)),
+        *headline,
+        ("Arms: mean and spread over seeds", _arm_blocks(rep)),
+        ("Cost of pre-training", _cost_blocks(rep)),
+        ("Loss and time-to-target", _loss_blocks(rep)),
+        ("Fine-tuning (GLUE and others)", _glue_blocks(rep)),
+        ("Plots", [("img", name, cap) for name, cap in images.items()]),
+        ("Hardware, software and data", _environment_blocks(rep)),
+        ("Config differences", _config_blocks(rep)),
+    ]
 
-    # --- overview and warnings
-    blocks: list[tuple] = []
+
+def _overview_blocks(rep: dict[str, Any]) -> list[tuple]:
+    """What was compared, on what terms, and every warning, before any number is read."""
+    runs = rep["runs"]
     names = ", ".join(f"{e['name']} ({e['label']}{'' if e['complete'] else ', incomplete'})" for e in runs)
-    blocks.append(("p", f"Runs: {names}."))
-    metric = rep["loss_metric"]
     basis = {
         "flops": "the same executed-FLOPs budget (train.max_flops): what each arm gets for the same compute",
         "samples": "the samples each was given (equal samples when the ratios say 1.000x)",
     }[rep["basis"]]
-    blocks.append(("p", f"Runs are compared at {basis}. Losses compared: the {metric}."))
-    if base:
-        seeds = rep["baseline_seeds"]
-        mean = f"mean over its {seeds} seeds" if seeds > 1 else "one seed"
-        blocks.append(
-            (
-                "p",
-                f"Baseline: {base}. Ratios are run / baseline (the baseline arm's mean). Target for "
-                f"time-to-target: the baseline's final {metric} ({mean}), {fmt_loss(rep['target_val_loss'])}.",
-            )
-        )
+    blocks: list[tuple] = [
+        ("p", f"Runs: {names}."),
+        ("p", f"Runs are compared at {basis}. Losses compared: the {rep['loss_metric']}."),
+    ]
+    if rep["baseline"]:
+        blocks.append(("p", _baseline_text(rep)))
     if rep["unigram"] is not None:
-        blocks.append(
-            (
-                "p",
-                f"Unigram line: {rep['unigram']:.3f} nats, the MLM loss of a model that predicts word "
-                "frequencies and ignores context (the validation tokens' cross-entropy under the training "
-                "split's token frequencies). A run has learned language only as far as its validation MLM "
-                f"loss lies below it; within {rep['unigram_margin']} nats a comparison means nothing.",
-            )
-        )
-    for w in rep["warnings"]:
-        blocks.append(("warn", w))
-    out.append(("Overview", blocks))
+        blocks.append(("p", _unigram_text(rep)))
+    return blocks + [("warn", w) for w in rep["warnings"]]
 
-    # --- headline against the paper, then the arms with their spread over seeds
-    if rep["headline"]:
-        out.append(("Headline: ours beside the paper's", _headline_blocks(rep)))
-    out.append(("Arms: mean and spread over seeds", _arm_blocks(rep)))
 
-    # --- cost (one unit per column, so that rows compare at a glance)
-    fmax = _largest(e["flops"] for e in runs)
-    tmax = _largest(e["wall_s"] for e in runs)
+def _baseline_text(rep: dict[str, Any]) -> str:
+    seeds = rep["baseline_seeds"]
+    mean = f"mean over its {seeds} seeds" if seeds > 1 else "one seed"
+    return (
+        f"Baseline: {rep['baseline']}. Ratios are run / baseline (the baseline arm's mean). Target for "
+        f"time-to-target: the baseline's final {rep['loss_metric']} ({mean}), {fmt_loss(rep['target_val_loss'])}."
+    )
+
+
+def _unigram_text(rep: dict[str, Any]) -> str:
+    return (
+        f"Unigram line: {rep['unigram']:.3f} nats, the MLM loss of a model that predicts word "
+        "frequencies and ignores context (the validation tokens' cross-entropy under the training "
+        "split's token frequencies). A run has learned language only as far as its validation MLM "
+        f"loss lies below it; within {rep['unigram_margin']} nats a comparison means nothing."
+    )
+
+
+def _column_units(runs: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The runs' largest FLOPs and wall-clock: one unit per column, the same in the cost and the
+    time-to-target tables, so that rows and tables compare at a glance."""
+    return _largest(e["flops"] for e in runs), _largest(e["wall_s"] for e in runs)
+
+
+COST_NOTE = (
+    "FLOPs are the analytic count of what was executed (bertpld.flops: blocks actually run, "
+    "attention included, forward + 2x backward), not hardware counters; a skipped block costs "
+    "nothing. Wall-clock is training time as the loop measured it (evaluation excluded). "
+    "In brackets: ratio to the baseline."
+)
+
+
+def _cost_blocks(rep: dict[str, Any]) -> list[tuple]:
+    """Beside each total its ratio to the baseline, since the ratios are what the comparison is about."""
+    runs = rep["runs"]
+    fmax, tmax = _column_units(runs)
     rows = []
     for e in runs:
         r = e["ratios"]
@@ -214,90 +237,69 @@ def sections(rep: dict[str, Any], images: dict[str, str]) -> list[tuple[str, lis
         headers.append("MFU (median)")
         for row, e in zip(rows, runs):
             row.append("–" if e["mfu_median"] is None else f"{100 * e['mfu_median']:.1f}%")
-    out.append(
-        (
-            "Cost of pre-training",
-            [
-                ("table", headers, rows),
-                (
-                    "p",
-                    "FLOPs are the analytic count of what was executed (bertpld.flops: blocks actually run, "
-                    "attention included, forward + 2x backward), not hardware counters; a skipped block costs "
-                    "nothing. Wall-clock is training time as the loop measured it (evaluation excluded). "
-                    "In brackets: ratio to the baseline.",
-                ),
-            ],
-        )
-    )
+    return [("table", headers, rows), ("p", COST_NOTE)]
 
-    # --- quality
-    rows = []
-    for e in runs:
-        ttt = e["time_to_target"]
-        if ttt is None:
-            reach = ["–"] * 4
-        elif not ttt["reached"]:
-            reach = ["not reached" + ("" if e["complete"] else " (yet)")] * 2 + ["–"] * 2
-        else:
-            mark = " (at first eval)" if ttt["at_first_eval"] else ""
-            reach = [
-                fmt_flops(ttt["flops"], fmax) + mark,
-                fmt_time(ttt["wall_s"], tmax) + mark,
-                fmt_ratio(ttt["speedup_flops"]),
-                fmt_ratio(ttt["speedup_wall_s"]),
-            ]
-        rows.append(
-            [
-                e["name"],
-                fmt_loss(e["final_train_loss"]),
-                fmt_loss(e["final_val_loss"]),
-                fmt_loss(e["final_val_mlm_loss"]),
-                fmt_nats(e["beyond_unigram"]),
-                str(e["evaluations"]),
-                *reach,
-            ]
-        )
+
+def _loss_blocks(rep: dict[str, Any]) -> list[tuple]:
+    """Losses beside the cost to reach the baseline's: what PLD saves, at what loss."""
+    runs = rep["runs"]
+    fmax, tmax = _column_units(runs)
+    rows = [
+        [
+            e["name"],
+            fmt_loss(e["final_train_loss"]),
+            fmt_loss(e["final_val_loss"]),
+            fmt_loss(e["final_val_mlm_loss"]),
+            fmt_nats(e["beyond_unigram"]),
+            str(e["evaluations"]),
+            *_time_to_target_cells(e, fmax, tmax),
+        ]
+        for e in runs
+    ]
+    metric = rep["loss_metric"]
     text = (
         f"Time-to-target: the FLOPs and wall-clock at which a run's {metric} first reached the "
         f"baseline's final {metric}, linearly interpolated between the two evaluations around the "
         "crossing. Speed-up = the baseline's own cost to first reach that loss (per seed: its first "
         "crossing, or its whole run where it never crossed the mean; then averaged) / the run's. "
         "Below unigram: how far the final validation MLM loss lies below the unigram line."
-        if base
+        if rep["baseline"]
         else "No baseline, so no target: time-to-target is left out."
     )
-    out.append(
-        (
-            "Loss and time-to-target",
-            [
-                (
-                    "table",
-                    [
-                        "run",
-                        "final train loss",
-                        "final val loss",
-                        "final val MLM loss",
-                        "below unigram",
-                        "evals",
-                        "FLOPs to target",
-                        "wall-clock to target",
-                        "speed-up (FLOPs)",
-                        "speed-up (wall)",
-                    ],
-                    rows,
-                ),
-                ("p", text),
-            ],
-        )
-    )
+    headers = [
+        "run",
+        "final train loss",
+        "final val loss",
+        "final val MLM loss",
+        "below unigram",
+        "evals",
+        "FLOPs to target",
+        "wall-clock to target",
+        "speed-up (FLOPs)",
+        "speed-up (wall)",
+    ]
+    return [("table", headers, rows), ("p", text)]
 
-    # --- GLUE
-    out.append(("Fine-tuning (GLUE and others)", _glue_blocks(rep)))
 
-    # --- plots
-    out.append(("Plots", [("img", name, cap) for name, cap in images.items()]))
+def _time_to_target_cells(e: dict[str, Any], fmax: float | None, tmax: float | None) -> list[str]:
+    """An incomplete run that has not reached the target may still: '(yet)'."""
+    ttt = e["time_to_target"]
+    if ttt is None:
+        return ["–"] * 4
+    if not ttt["reached"]:
+        return ["not reached" + ("" if e["complete"] else " (yet)")] * 2 + ["–"] * 2
+    mark = " (at first eval)" if ttt["at_first_eval"] else ""
+    return [
+        fmt_flops(ttt["flops"], fmax) + mark,
+        fmt_time(ttt["wall_s"], tmax) + mark,
+        fmt_ratio(ttt["speedup_flops"]),
+        fmt_ratio(ttt["speedup_wall_s"]),
+    ]
 
-    # --- environment and config
+
+def _environment_blocks(rep: dict[str, Any]) -> list[tuple]:
+    """Wall-clock ratios and losses mean something only on the same hardware and data: show both."""
+    runs = rep["runs"]
     env_keys = sorted(
         {k for e in runs for k in e["env"]}, key=lambda k: (ENV_ORDER.index(k) if k in ENV_ORDER else 99, k)
     )
@@ -306,32 +308,30 @@ def sections(rep: dict[str, Any], images: dict[str, str]) -> list[tuple[str, lis
         [k, *(_short(k, (e["data"] or {}).get(k, "–")) for e in runs)]
         for k in ("path", "fingerprint", "tokenizer_sha256", "vocab_size")
     ]
-    blocks = []
-    if env_rows:
-        blocks.append(("table", ["", *(e["name"] for e in runs)], env_rows))
-    else:
-        blocks.append(("p", "No env.json in any run."))
-    blocks.append(("p", "Data used (data.json):"))
-    blocks.append(("table", ["", *(e["name"] for e in runs)], data_rows))
-    out.append(("Hardware, software and data", blocks))
+    headers = ["", *(e["name"] for e in runs)]
+    return [
+        ("table", headers, env_rows) if env_rows else ("p", "No env.json in any run."),
+        ("p", "Data used (data.json):"),
+        ("table", headers, data_rows),
+    ]
 
+
+def _config_blocks(rep: dict[str, Any]) -> list[tuple]:
+    """Only the fields that differ, so that what the comparison varies stands out."""
     cd = rep["config_differences"]
     if cd["reference"] is None:
-        blocks = [("p", "No config.json to compare.")]
-    elif not cd["fields"]:
-        blocks = [("p", f"All configs equal {cd['reference']}'s.")]
-    else:
-        others = [e["name"] for e in runs if e["name"] in next(iter(cd["fields"].values()))]
-        blocks = [
-            (
-                "table",
-                ["field", *others],
-                [[k, *(_val(v.get(n)) for n in others)] for k, v in cd["fields"].items()],
-            ),
-            ("p", f"Only the fields that differ from {cd['reference']}'s resolved config.json."),
-        ]
-    out.append(("Config differences", blocks))
-    return out
+        return [("p", "No config.json to compare.")]
+    if not cd["fields"]:
+        return [("p", f"All configs equal {cd['reference']}'s.")]
+    others = [e["name"] for e in rep["runs"] if e["name"] in next(iter(cd["fields"].values()))]
+    return [
+        (
+            "table",
+            ["field", *others],
+            [[k, *(_val(v.get(n)) for n in others)] for k, v in cd["fields"].items()],
+        ),
+        ("p", f"Only the fields that differ from {cd['reference']}'s resolved config.json."),
+    ]
 
 
 def _headline_blocks(rep: dict[str, Any]) -> list[tuple]:
@@ -450,69 +450,71 @@ def _reached(arm: dict[str, Any], rep: dict[str, Any]) -> str:
 
 
 def _glue_blocks(rep: dict[str, Any]) -> list[tuple]:
-    runs = rep["runs"]
-    tasks = rep["glue"]["tasks"]
-    blocks: list[tuple] = []
-    if not tasks:
-        blocks.append(("p", "No fine-tuning results (finetune/TASK/results.json) in any run."))
+    """Ours first, then the paper's table, clearly apart from ours."""
+    glue = rep["glue"]
+    if not glue["tasks"]:
+        ours: list[tuple] = [("p", "No fine-tuning results (finetune/TASK/results.json) in any run.")]
     else:
-        metric_lists = {}
+        ours = [
+            _glue_score_table(rep["runs"], glue["tasks"]),
+            ("p", glue["rule"] + " Averaged over: " + (", ".join(glue["average_over"]) or "none") + "."),
+            _glue_seed_table(rep["runs"]),
+        ]
+    return ours + _paper_glue_blocks(rep["paper"])
+
+
+def _glue_score_table(runs: list[dict[str, Any]], tasks: list[str]) -> tuple:
+    """A task's column lists every metric any run has, so that runs line up metric by metric."""
+    metric_lists = {}
+    for t in tasks:
+        ms: list[str] = []
+        for e in runs:
+            for m in e["glue"].get(t, {}).get("metrics", {}):
+                if m not in ms:
+                    ms.append(m)
+        metric_lists[t] = ms
+    headers = ["run", *(_task_header(t, metric_lists[t]) for t in tasks), "average"]
+    rows = []
+    for e in runs:
+        row = [e["name"]]
         for t in tasks:
-            ms: list[str] = []
-            for e in runs:
-                for m in e["glue"].get(t, {}).get("metrics", {}):
-                    if m not in ms:
-                        ms.append(m)
-            metric_lists[t] = ms
-        headers = ["run", *(_task_header(t, metric_lists[t]) for t in tasks), "average"]
-        rows = []
-        for e in runs:
-            row = [e["name"]]
-            for t in tasks:
-                g = e["glue"].get(t)
-                row.append(
-                    "–" if g is None else "/".join(fmt_pct(g["metrics"].get(m)) for m in metric_lists[t])
-                )
-            row.append(fmt_pct(e["glue_average"]))
-            rows.append(row)
-        blocks.append(("table", headers, rows))
-        blocks.append(
-            (
-                "p",
-                rep["glue"]["rule"]
-                + " Averaged over: "
-                + (", ".join(rep["glue"]["average_over"]) or "none")
-                + ".",
+            g = e["glue"].get(t)
+            row.append("–" if g is None else "/".join(fmt_pct(g["metrics"].get(m)) for m in metric_lists[t]))
+        row.append(fmt_pct(e["glue_average"]))
+        rows.append(row)
+    return ("table", headers, rows)
+
+
+def _glue_seed_table(runs: list[dict[str, Any]]) -> tuple:
+    """A median hides how far the seeds spread: their count and range, per run and task."""
+    rows = []
+    for e in runs:
+        for t, g in e["glue"].items():
+            spread = (
+                "–"
+                if g["main_min"] is None
+                else f"{fmt_pct(g['main_min'])} – {fmt_pct(g['main_max'])} ({g['main_metric']})"
             )
-        )
-        rows = []
-        for e in runs:
-            for t, g in e["glue"].items():
-                spread = (
-                    "–"
-                    if g["main_min"] is None
-                    else f"{fmt_pct(g['main_min'])} – {fmt_pct(g['main_max'])} ({g['main_metric']})"
-                )
-                rows.append(
-                    [
-                        e["name"],
-                        t,
-                        str(g["seeds"]),
-                        fmt_pct(g["score"]),
-                        spread,
-                        fmt_time(g["wall_s"]),
-                        fmt_flops(g["flops"]),
-                    ]
-                )
-        blocks.append(
-            (
-                "table",
-                ["run", "task", "seeds", "task score", "min – max over seeds", "wall-clock", "FLOPs"],
-                rows,
+            rows.append(
+                [
+                    e["name"],
+                    t,
+                    str(g["seeds"]),
+                    fmt_pct(g["score"]),
+                    spread,
+                    fmt_time(g["wall_s"]),
+                    fmt_flops(g["flops"]),
+                ]
             )
-        )
-    # the paper's table, clearly apart from ours
-    paper = rep["paper"]
+    return (
+        "table",
+        ["run", "task", "seeds", "task score", "min – max over seeds", "wall-clock", "FLOPs"],
+        rows,
+    )
+
+
+def _paper_glue_blocks(paper: dict[str, Any]) -> list[tuple]:
+    """The paper's GLUE table, with its averages by our rule, for reference."""
     ptasks = list(next(iter(paper["glue"].values())))
     headers = ["paper's runs", *(_task_header(t, list(paper["glue"]["PLD"][t])) for t in ptasks), "average"]
     rows = [
@@ -523,11 +525,10 @@ def _glue_blocks(rep: dict[str, Any]) -> list[tuple]:
         ]
         for row, tasks in paper["glue"].items()
     ]
-    blocks.append(
-        ("p", f"For reference, the paper's GLUE dev results (median of 5 seeds; {paper['setup']}):")
-    )
-    blocks.append(("table", headers, rows))
-    return blocks
+    return [
+        ("p", f"For reference, the paper's GLUE dev results (median of 5 seeds; {paper['setup']}):"),
+        ("table", headers, rows),
+    ]
 
 
 def render_markdown(rep: dict[str, Any], images: dict[str, str]) -> str:

@@ -1,18 +1,20 @@
 """`bertpld pretrain`: the pre-training loop, one process to many nodes.
 
-`pretrain(cfg, out)` is one explicit loop. Each optimizer step:
+`pretrain(cfg, out)` sets up the run directory and runs one explicit loop over optimizer steps:
 
-    stop?      steps / samples / wall-clock budget / target validation loss / signal
-    micro      `accum` forward+backward passes; with PLD each draws its gates from
-               (seed, step, micro-step), identically on every rank, and skipped blocks run nothing
-    reduce     the gradients that exist, averaged over ranks in buckets launched while the last
-               micro-step's backward runs (see bertpld.distributed.GradientReducer)
-    step       unscale (fp16), clip, optimizer step, lr schedule
-    log        metrics.jsonl + TensorBoard every log_every steps (the only host syncs besides the
-               grad-norm check)
-    evaluate   validation loss at full depth with fixed masks every eval_every steps
-    checkpoint every save_every steps, at the end, and on SIGTERM/SIGINT
+    stop?        steps / samples / FLOPs / wall-clock budget / target validation loss / signal
+    train_step   `accum` times: next_micro_batch, the PLD gates (from (seed, step, micro-step),
+                 identical on every rank), forward_backward_step (skipped blocks run nothing);
+                 then the gradient reduction (several ranks: buckets launched while the last
+                 micro-step's backward runs, see bertpld.distributed.GradientReducer) and
+                 optimizer_step (unscale for fp16, clip, lr schedule, step)
+    log          metrics.jsonl + TensorBoard every log_every steps (the only host syncs besides the
+                 grad-norm check)
+    evaluate     validation loss at full depth with fixed masks every eval_every steps
+    checkpoint   every save_every steps, at the end, and on SIGTERM/SIGINT
 
+The units of a step run inside `bertpld.phases.phase` ranges named as in bertpld.phases.PHASES,
+so a profiler trace and scripts/profile_step.py show a step under the names used here.
 Counters (samples, tokens, FLOPs, wall-clock) are global over ranks and are part of the checkpoint,
 so a resumed run continues them; wall-clock counts training only (not evaluation or checkpointing).
 """
@@ -29,6 +31,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,7 @@ from bertpld.errors import BertpldError
 from bertpld.flops import peak_flops, step_flops
 from bertpld.model import BertForPreTraining, PretrainOutput, token_index
 from bertpld.optim import build_optimizer, lr_multiplier
+from bertpld.phases import phase
 
 # Fields that may change between a run and its resumption: they decide when to stop, log and save,
 # or only how fast things run. Anything else changes the run itself and is refused.
@@ -92,6 +96,237 @@ def pretrain(
         dist.shutdown()
 
 
+# ---------------------------------------------------------------------------------------------
+# The training step, as named units (their names are the profiler's: bertpld.phases)
+
+
+@dataclass
+class Trainer:
+    """What the training step works on: built by `build_trainer`, advanced by `train_step`."""
+
+    cfg: PretrainConfig
+    device: torch.device
+    precision: torch.dtype
+    model: BertForPreTraining
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    reducer: dist.GradientReducer
+    reader: PretrainReader
+    accum: int  # micro-steps per optimizer step on this rank
+    total_steps: int  # the length the lr schedule and PLD's gamma rule span (0: open-ended)
+    gamma: float | None  # PLD's theta decay rate (None without PLD)
+    counters: Counters
+    meter: Meter
+    skip_on_device: bool  # fused AdamW skips a non-finite step on the GPU itself (no host sync)
+    batches: Iterator[dict[str, torch.Tensor]] | None = None
+
+
+def build_trainer(
+    cfg: PretrainConfig,
+    device: torch.device,
+    precision: torch.dtype,
+    reader: PretrainReader,
+    total_steps: int,
+    ckpt: Path | None = None,
+) -> Trainer:
+    """Model, optimizer and data stream, initialised identically on every rank (same seed), then
+    a per-rank seed for dropout so that ranks do not share dropout masks; restored from `ckpt`."""
+    _seed_everything(cfg.train.seed)
+    nsp = cfg.data.objective == "mlm+nsp"
+    model = BertForPreTraining(cfg.model, nsp=nsp).to(device)
+    fused = cfg.impl.fused_optimizer and device.type == "cuda"
+    optimizer = build_optimizer(model, cfg.train, fused=fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    rank, world = dist.rank(), dist.world_size()
+    _seed_everything(cfg.train.seed + 1 + rank)
+    if cfg.impl.compile:
+        _compile_blocks(model)
+    reducer = dist.GradientReducer(model.parameters())
+    counters = Counters()
+    if ckpt is not None:
+        counters = _restore(ckpt, model, optimizer, scaler, reader, rank, world, cfg.train.seed)
+    return Trainer(
+        cfg=cfg,
+        device=device,
+        precision=precision,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        reducer=reducer,
+        reader=reader,
+        accum=micro_steps_per_step(cfg, world),
+        total_steps=total_steps,
+        gamma=pld.resolve_gamma(cfg.pld, total_steps) if cfg.pld.enabled else None,
+        counters=counters,
+        meter=Meter(device, nsp, counters),
+        skip_on_device=isinstance(optimizer, torch.optim.AdamW) and fused and precision != torch.float16,
+        batches=iter(reader),
+    )
+
+
+def train_step(tr: Trainer) -> tuple[float, torch.Tensor, str]:
+    """One optimizer step: `accum` micro-steps, gradient reduction, clip and optimizer step.
+
+    Returns (theta, grad_norm, failure); a failure (a non-finite gradient seen on the host) means
+    the step was not taken and the parameters are those of the last good step."""
+    cfg, c = tr.cfg, tr.counters
+    tr.model.train()
+    with phase("gates"):
+        theta = pld.theta(c.step, cfg.pld.theta_bar, tr.gamma) if cfg.pld.enabled else 1.0
+    flops = 0.0
+    for micro in range(tr.accum):
+        batch, tokens = next_micro_batch(tr)
+        with phase("gates"):
+            gates = keep = None
+            if cfg.pld.enabled:
+                gates, keep = pld.layer_gates(
+                    theta, cfg.model.num_layers, cfg.pld.variant, cfg.train.seed, c.step, micro
+                )
+        outputs = forward_backward_step(tr, batch, gates, keep, last=micro == tr.accum - 1)
+        with phase("bookkeeping"):
+            blocks = cfg.model.num_layers if gates is None else sum(gates)
+            tr.meter.add(outputs, batch, tokens, blocks)
+            flops += micro_step_flops(cfg, batch, blocks)
+    with phase("reduce"):
+        tr.reducer.finish()
+    with phase("optimizer"):
+        grad_norm, failure = optimizer_step(tr)
+    if failure:
+        return theta, grad_norm, failure
+    with phase("bookkeeping"):
+        c.step += 1
+        c.samples += cfg.train.global_batch_size
+        # each rank's micro-batches hold their own number of real tokens: sum what every rank ran
+        # (one scalar over the host side group, like the stop agreement; nothing on the GPU)
+        c.flops += float(dist.all_reduce_sum_host(torch.tensor([flops], dtype=torch.float64)))
+    return theta, grad_norm, ""
+
+
+def next_micro_batch(tr: Trainer) -> tuple[dict[str, torch.Tensor], int]:
+    """The next micro-batch of this rank's stream on the device, and its real-token count."""
+    with phase("data"):
+        batch = _with_token_index(next(tr.batches), tr.cfg)
+        tokens = int(batch["attention_mask"].sum())  # on the CPU batch: no device sync
+        return {k: v.to(tr.device, non_blocking=True) for k, v in batch.items()}, tokens
+
+
+def forward_backward_step(
+    tr: Trainer,
+    batch: dict[str, torch.Tensor],
+    gates: list[bool] | None,
+    keep: list[float] | None,
+    last: bool,
+) -> PretrainOutput:
+    """Forward (its phases are the model's) and backward of one micro-batch; on the last micro-step
+    of several ranks, the reducer learns which gradients to expect (it starts reducing them as
+    backward produces them)."""
+    with torch.autocast(tr.device.type, dtype=tr.precision, enabled=tr.precision != torch.float32):
+        outputs = tr.model(**batch, gates=gates, keep_probs=keep)
+    if last and tr.reducer.distributed:
+        tr.reducer.expect(tr.model.reached_parameters(gates))
+    with phase("backward"):
+        tr.scaler.scale(outputs.loss / tr.accum).backward()
+    return outputs
+
+
+def optimizer_step(tr: Trainer) -> tuple[torch.Tensor, str]:
+    """Unscale (fp16), clip, check for a non-finite gradient, set the lr, step, zero the gradients.
+    Returns (grad_norm, failure), see `train_step`."""
+    cfg, optimizer = tr.cfg, tr.optimizer
+    tr.scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        tr.model.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+    )
+    if tr.precision != torch.float16:  # (fp16: the grad scaler skips such steps by itself)
+        bad = ~torch.isfinite(grad_norm)
+        if tr.skip_on_device:
+            optimizer.found_inf = bad.float()
+            tr.meter.nonfinite += bad
+        elif bad:  # a host check: free on the CPU; a GPU sync per step without fused AdamW
+            optimizer.zero_grad(set_to_none=True)
+            step = tr.counters.step
+            return grad_norm, f"non-finite gradient at step {step}; the checkpoint holds the last good state"
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.train.lr * lr_multiplier(tr.counters.step, cfg.train, tr.total_steps)
+    tr.scaler.step(optimizer)
+    tr.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, ""
+
+
+def micro_step_flops(cfg: PretrainConfig, batch: dict[str, torch.Tensor], blocks: int) -> float:
+    """Executed FLOPs of one micro-batch that ran `blocks` blocks."""
+    input_ids = batch["input_ids"]
+    return step_flops(
+        cfg.model,
+        batch_size=input_ids.shape[0],
+        seq_len=input_ids.shape[1],
+        blocks_executed=blocks,
+        mlm_predictions=batch["mlm_positions"].numel(),
+        nsp="nsp_labels" in batch,
+        tokens=len(batch["token_index"]) if "token_index" in batch else None,
+    )
+
+
+class Meter:
+    """Per-rank sums since the last metrics row, reduced over ranks only when a row is written.
+
+    A row is written at every log, evaluation and checkpoint step, so a checkpoint never holds
+    half-counted tokens and a resumed run writes the same rows as an uninterrupted one."""
+
+    def __init__(self, device: torch.device, nsp: bool, c: Counters) -> None:
+        self.nsp = nsp
+        self.loss_sums = torch.zeros(len(LOSS_TERMS), device=device)  # LOSS_TERMS over micro-steps
+        self.nonfinite = torch.zeros((), device=device)  # optimizer steps skipped on the device
+        self.loss_count = self.tokens = self.blocks_sum = self.blocks_count = 0
+        self.last = (c.wall_s, c.tokens, c.flops)  # counters at the last row
+        self.train: dict[str, float] = {}  # the latest logged training losses
+
+    def add(self, outputs: PretrainOutput, batch: dict[str, torch.Tensor], tokens: int, blocks: int) -> None:
+        self.loss_sums += loss_terms(outputs, batch)
+        self.loss_count += 1
+        self.tokens += tokens
+        self.blocks_sum += blocks
+        self.blocks_count += 1
+
+    def row(
+        self, c: Counters, theta: float, lr: float, grad_norm: torch.Tensor | None, peak: float | None
+    ) -> dict[str, Any]:
+        """The metrics row of step `c.step` (adds this rank's pending tokens to the counters)."""
+        counts = torch.tensor([self.loss_count, self.tokens], dtype=torch.float64)
+        stats = dist.all_reduce_sum_host(torch.cat([self.loss_sums.double().cpu(), counts]))
+        c.tokens += int(stats[-1])
+        if stats[-2]:
+            terms = LOSS_TERMS if self.nsp else LOSS_TERMS[:2]
+            self.train.update({k: float(stats[i] / stats[-2]) for i, k in enumerate(terms)})
+        dt = c.wall_s - self.last[0]
+        row = {
+            "step": c.step,
+            "samples": c.samples,
+            "tokens": c.tokens,
+            **self.train,
+            "lr": lr,
+            "theta": theta,
+            "blocks_kept": self.blocks_sum / max(self.blocks_count, 1),
+            "flops": c.flops,
+            "wall_s": c.wall_s,
+            "tokens_per_s": (c.tokens - self.last[1]) / dt if dt > 0 else 0.0,
+        }
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        if peak and dt > 0:
+            # executed FLOPs since the last row, per second, per GPU, over the GPU's peak
+            row["mfu"] = (c.flops - self.last[2]) / dt / (peak * dist.world_size())
+        self.loss_sums.zero_()
+        self.loss_count = self.tokens = self.blocks_sum = self.blocks_count = 0
+        self.last = (c.wall_s, c.tokens, c.flops)
+        return row
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: set-up, the loop, the end
+
+
 def _pretrain(
     cfg: PretrainConfig,
     out: Path,
@@ -106,12 +341,15 @@ def _pretrain(
     manifest = load_manifest(cfg.data.path)
     _resolve_vocab(cfg, manifest)
     accum = micro_steps_per_step(cfg, world)
-    train_reader = PretrainReader(
+    reader = PretrainReader(
         cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, rank, world
     )
-    tokens_per_seq = train_reader.mean_tokens_per_sequence()
+    tokens_per_seq = reader.mean_tokens_per_sequence()
     total_steps = schedule_steps(cfg, tokens_per_seq)
-    gamma = pld.resolve_gamma(cfg.pld, total_steps) if cfg.pld.enabled else None
+    if cfg.pld.enabled:
+        pld.resolve_gamma(
+            cfg.pld, total_steps
+        )  # a missing gamma is an error before the run directory changes
     prec = resolve_precision(cfg.impl.precision, device)
 
     # Rank 0 owns the run directory (one writer: it holds the directory's lock before it looks
@@ -131,157 +369,37 @@ def _pretrain(
     dist.barrier()
     if ckpt is not None:
         prec = _resumed_precision(Path(ckpt), cfg, prec, device)
-    precision = prec.dtype
 
-    # Model and optimizer: identical initialisation on every rank (same seed), then a per-rank
-    # seed for dropout so that ranks do not share dropout masks.
-    _seed_everything(cfg.train.seed)
-    model = BertForPreTraining(cfg.model, nsp=cfg.data.objective == "mlm+nsp").to(device)
-    fused = cfg.impl.fused_optimizer and device.type == "cuda"
-    optimizer = build_optimizer(model, cfg.train, fused=fused)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-    _seed_everything(cfg.train.seed + 1 + rank)
-    if cfg.impl.compile:
-        _compile_blocks(model)
-
-    reducer = dist.GradientReducer(model.parameters())
-    counters = Counters()
-    if ckpt is not None:
-        counters = _restore(Path(ckpt), model, optimizer, scaler, train_reader, rank, world, cfg.train.seed)
-    nsp = cfg.data.objective == "mlm+nsp"
-    train_batches = iter(train_reader)
+    tr = build_trainer(cfg, device, prec.dtype, reader, total_steps, Path(ckpt) if ckpt else None)
+    counters = tr.counters
     saved_step = counters.step if ckpt is not None else -1  # decided in memory: identical on every rank
-
     writer = _Writer(out, counters.step) if dist.is_main() else None
     stop = _StopSignal()
-    peak = peak_flops(torch.cuda.get_device_name(device), precision) if device.type == "cuda" else None
+    peak = peak_flops(torch.cuda.get_device_name(device), tr.precision) if device.type == "cuda" else None
     if dist.is_main():
         dist.print0(
-            f"pretrain: {cfg.model.num_layers} layers x {cfg.model.hidden_size} ({_n_params(model) / 1e6:.1f}M params), "
+            f"pretrain: {cfg.model.num_layers} layers x {cfg.model.hidden_size} ({_n_params(tr.model) / 1e6:.1f}M params), "
             f"norm={cfg.model.norm}, pld={'on' if cfg.pld.enabled else 'off'}, {world} rank(s) on {device.type}, "
             f"batch {cfg.train.global_batch_size} = {cfg.impl.micro_batch_size} x {accum} accum x {world}, "
             f"{prec.name} ({prec.reason}), {total_steps or 'open-ended'} scheduled steps"
         )
 
     reason = ""
-    # Per-rank sums since the last metrics row; reduced over ranks only when a row is written.
-    # A row is written at every log, evaluation and checkpoint step, so a checkpoint never holds
-    # half-counted tokens and a resumed run writes the same rows as an uninterrupted one.
-    loss_sums = torch.zeros(len(LOSS_TERMS), device=device)  # LOSS_TERMS summed over micro-steps
-    nonfinite = torch.zeros((), device=device)  # optimizer steps skipped for a non-finite gradient
-    pending = {"loss_count": 0, "tokens": 0, "blocks_sum": 0, "blocks_count": 0}
-    last_log = (counters.wall_s, counters.tokens, counters.flops)
-    last_train: dict[str, float] = {}  # the latest logged training losses
-    last_val: dict[str, float] = {}  # the latest validation losses
-    # The fused AdamW kernel can skip a step on the device when told `found_inf`: no host sync.
-    skip_on_device = isinstance(optimizer, torch.optim.AdamW) and fused and precision != torch.float16
-
-    def metrics_row(theta: float, grad_norm: torch.Tensor | None) -> dict[str, Any]:
-        nonlocal last_log
-        counts = torch.tensor([pending["loss_count"], pending["tokens"]], dtype=torch.float64)
-        stats = dist.all_reduce_sum_host(torch.cat([loss_sums.double().cpu(), counts]))
-        counters.tokens += int(stats[-1])
-        if stats[-2]:
-            terms = LOSS_TERMS if nsp else LOSS_TERMS[:2]
-            last_train.update({k: float(stats[i] / stats[-2]) for i, k in enumerate(terms)})
-        dt = counters.wall_s - last_log[0]
-        row = {
-            "step": counters.step,
-            "samples": counters.samples,
-            "tokens": counters.tokens,
-            **last_train,
-            "lr": optimizer.param_groups[0]["lr"],
-            "theta": theta,
-            "blocks_kept": pending["blocks_sum"] / max(pending["blocks_count"], 1),
-            "flops": counters.flops,
-            "wall_s": counters.wall_s,
-            "tokens_per_s": (counters.tokens - last_log[1]) / dt if dt > 0 else 0.0,
-        }
-        if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
-        if peak and dt > 0:
-            # executed FLOPs since the last row, per second, per GPU, over the GPU's peak
-            row["mfu"] = (counters.flops - last_log[2]) / dt / (peak * world)
-        loss_sums.zero_()
-        pending.update(loss_count=0, tokens=0, blocks_sum=0, blocks_count=0)
-        last_log = (counters.wall_s, counters.tokens, counters.flops)
-        return row
-
     theta = 1.0
+    last_val: dict[str, float] = {}  # the latest validation losses
     progress = _Progress(cfg, counters) if dist.is_main() else None
     try:
         while True:
-            # --- stop? -------------------------------------------------------------------------
             reason, failed = _stop_reason(cfg, counters, stop, writer.error if writer else "")
             if failed:  # rank 0 could not write: stop everywhere, keep the last checkpoint as it is
                 raise BertpldError(reason)
             if reason:
                 break
 
-            # --- micro-steps -------------------------------------------------------------------
             t0 = time.perf_counter()
-            model.train()
-            theta = pld.theta(counters.step, cfg.pld.theta_bar, gamma) if cfg.pld.enabled else 1.0
-            step_flops_total = 0.0
-            for micro in range(accum):
-                batch = _with_token_index(next(train_batches), cfg)
-                pending["tokens"] += int(batch["attention_mask"].sum())
-                gates = keep = None
-                if cfg.pld.enabled:
-                    gates, keep = pld.layer_gates(
-                        theta, cfg.model.num_layers, cfg.pld.variant, cfg.train.seed, counters.step, micro
-                    )
-                blocks = cfg.model.num_layers if gates is None else sum(gates)
-                pending["blocks_sum"] += blocks
-                pending["blocks_count"] += 1
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
-                    outputs = model(**batch, gates=gates, keep_probs=keep)
-                if micro == accum - 1 and reducer.distributed:
-                    reducer.expect(model.reached_parameters(gates))
-                scaler.scale(outputs.loss / accum).backward()
-                loss_sums += loss_terms(outputs, batch)
-                pending["loss_count"] += 1
-                input_ids = batch["input_ids"]
-                step_flops_total += step_flops(
-                    cfg.model,
-                    batch_size=input_ids.shape[0],
-                    seq_len=input_ids.shape[1],
-                    blocks_executed=blocks,
-                    mlm_predictions=batch["mlm_positions"].numel(),
-                    nsp="nsp_labels" in batch,
-                    tokens=len(batch["token_index"]) if "token_index" in batch else None,
-                )
-
-            # --- reduce, clip, step ------------------------------------------------------------
-            reducer.finish()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
-            )
-            if precision != torch.float16:  # (fp16: the grad scaler skips such steps by itself)
-                bad = ~torch.isfinite(grad_norm)
-                if skip_on_device:
-                    optimizer.found_inf = bad.float()
-                    nonfinite += bad
-                elif bad:  # a host check: free on the CPU; a GPU sync per step without fused AdamW
-                    # The parameters are still those of the last good step: keep them and stop.
-                    optimizer.zero_grad(set_to_none=True)
-                    reason = f"non-finite gradient at step {counters.step}; the checkpoint holds the last good state"
-                    break
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.train.lr * lr_multiplier(counters.step, cfg.train, total_steps)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-
-            counters.step += 1
-            counters.samples += cfg.train.global_batch_size
-            # each rank's micro-batches hold their own number of real tokens: sum what every rank ran
-            # (one scalar over the host side group, like the stop agreement; nothing on the GPU)
-            counters.flops += float(
-                dist.all_reduce_sum_host(torch.tensor([step_flops_total], dtype=torch.float64))
-            )
+            theta, grad_norm, reason = train_step(tr)
+            if reason:
+                break
             step = counters.step
             evaluate_now = bool(cfg.train.eval_every) and step % cfg.train.eval_every == 0
             save_now = bool(cfg.train.save_every) and step % cfg.train.save_every == 0
@@ -290,73 +408,41 @@ def _pretrain(
                 torch.cuda.synchronize(device)
             counters.wall_s += time.perf_counter() - t0
 
-            # --- log, evaluate -----------------------------------------------------------------
-            row = metrics_row(theta, grad_norm) if log_now else None
+            row = _log_row(tr, theta, grad_norm, peak) if log_now else None
             if evaluate_now:
-                last_val = _evaluate_into(counters, model, cfg, device, precision)
+                last_val = _evaluate_into(counters, tr.model, cfg, device, tr.precision)
                 row.update(last_val)
             if row is not None and writer is not None:
                 writer.write(row)
             if progress is not None:
-                progress.update(counters, last_train.get("loss", math.nan), theta, row)
-            skipped = int(nonfinite.item()) if log_now and skip_on_device else 0  # syncs with the log row's
+                progress.update(counters, tr.meter.train.get("loss", math.nan), theta, row)
+            skipped = (
+                int(tr.meter.nonfinite.item()) if log_now and tr.skip_on_device else 0
+            )  # syncs with the row's
             if skipped:
                 reason = f"{skipped} step(s) with a non-finite gradient were skipped; stopping with the last good state"
                 break
-
-            # --- checkpoint --------------------------------------------------------------------
             if save_now:
-                _save(
-                    out,
-                    cfg,
-                    model,
-                    optimizer,
-                    scaler,
-                    train_reader,
-                    counters,
-                    prec,
-                    writer.error if writer else "",
-                )
+                _save(out, cfg, tr, prec, writer.error if writer else "")
                 saved_step = counters.step
     finally:
         if progress is not None:
             progress.close()
 
     # --- the end: checkpoint first (a signal may be followed by a kill), then final evaluation --
-    if pending["loss_count"]:
-        final_row = metrics_row(theta, None)
-    else:
-        final_row = None
+    final_row = _log_row(tr, theta, None, peak) if tr.meter.loss_count else None
     if counters.step > 0 and saved_step != counters.step:
-        _save(
-            out, cfg, model, optimizer, scaler, train_reader, counters, prec, writer.error if writer else ""
-        )
+        _save(out, cfg, tr, prec, writer.error if writer else "")
     evaluated = cfg.train.eval_every and counters.step % cfg.train.eval_every == 0
     if counters.step > 0 and not evaluated:
-        last_val = _evaluate_into(counters, model, cfg, device, precision)
-        final_row = final_row or {**_minimal_row(counters), **last_train}
+        last_val = _evaluate_into(counters, tr.model, cfg, device, tr.precision)
+        final_row = final_row or {**_minimal_row(counters), **tr.meter.train}
         final_row.update(last_val)
     if final_row is not None and writer is not None:
         writer.write(final_row)
         if writer.error:
             raise BertpldError(writer.error)
-    summary = {
-        "steps": counters.step,
-        "samples": counters.samples,
-        "tokens": counters.tokens,
-        "flops": counters.flops,
-        "wall_s": counters.wall_s,
-        "scheduled_steps": total_steps,
-        "final_train_loss": last_train.get("loss", math.nan),
-        **{f"final_train_{k}": v for k, v in last_train.items() if k != "loss"},
-        "final_val_loss": last_val.get("val_loss", math.nan),
-        **{f"final_{k}": v for k, v in last_val.items() if k != "val_loss"},
-        "best_val_loss": counters.best_val_loss if math.isfinite(counters.best_val_loss) else None,
-        "best_val_mlm_loss": counters.best_val_mlm_loss
-        if math.isfinite(counters.best_val_mlm_loss)
-        else None,
-        "stop_reason": reason,
-    }
+    summary = _summary(counters, total_steps, tr.meter.train, last_val, reason)
     if writer is not None:
         writer.close()
         try:
@@ -367,6 +453,30 @@ def _pretrain(
             f"pretrain: stopped ({reason}) after {counters.step} steps, {counters.wall_s:.1f}s; {out}"
         )
     return summary
+
+
+def _log_row(tr: Trainer, theta: float, grad_norm: torch.Tensor | None, peak: float | None) -> dict[str, Any]:
+    return tr.meter.row(tr.counters, theta, tr.optimizer.param_groups[0]["lr"], grad_norm, peak)
+
+
+def _summary(
+    c: Counters, total_steps: int, train: dict[str, float], val: dict[str, float], reason: str
+) -> dict[str, Any]:
+    return {
+        "steps": c.step,
+        "samples": c.samples,
+        "tokens": c.tokens,
+        "flops": c.flops,
+        "wall_s": c.wall_s,
+        "scheduled_steps": total_steps,
+        "final_train_loss": train.get("loss", math.nan),
+        **{f"final_train_{k}": v for k, v in train.items() if k != "loss"},
+        "final_val_loss": val.get("val_loss", math.nan),
+        **{f"final_{k}": v for k, v in val.items() if k != "val_loss"},
+        "best_val_loss": c.best_val_loss if math.isfinite(c.best_val_loss) else None,
+        "best_val_mlm_loss": c.best_val_mlm_loss if math.isfinite(c.best_val_mlm_loss) else None,
+        "stop_reason": reason,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -729,11 +839,10 @@ def _stop_reason(cfg: PretrainConfig, c: Counters, stop: _StopSignal, failure: s
     return reason, code == 2
 
 
-def _save(
-    out, cfg, model, optimizer, scaler, reader, counters: Counters, precision: Precision, failure: str = ""
-) -> None:
+def _save(out: Path, cfg: PretrainConfig, tr: Trainer, precision: Precision, failure: str = "") -> None:
     """Write a checkpoint (rank 0), unless rank 0's `failure` (a metrics row it could not write)
     says the run must stop first: a checkpoint past a lost row would resume without it."""
+    model, optimizer, scaler, reader, counters = tr.model, tr.optimizer, tr.scaler, tr.reader, tr.counters
     dist.check_replicas_equal(model)
     error = failure
     rngs = [checkpoint.rng_state()]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -746,3 +748,10 @@ def test_noise_verdict_uses_the_seed_range_of_the_arms_that_have_seeds() -> None
     assert difference(two, one)["spread"] == pytest.approx(0.2)  # either side
     assert difference(stat([4.8]), three)["verdict"] == "within noise"  # the larger range: 0.4
     assert difference(two, three)["spread"] == pytest.approx(0.4)
+
+
+def test_plots_do_not_import_the_report() -> None:
+    # report.py imports plots.py; the other way round would be an import circle
+    code = "import sys, bertpld.plots; print('bertpld.report' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"

@@ -1,0 +1,233 @@
+"""Where a training step's time goes: the step split into its named phases, Pre-LN vs PLD.
+
+Runs the trainer's own step (`bertpld.train.train_step`, on real prepared data) under a
+`bertpld.phases.PhaseClock`, which charges every moment of a step to the phase the code is in
+(bertpld.phases.PHASES: data, gates, embeddings / blocks / heads forward and backward, gradient
+reduction, optimizer, bookkeeping). PLD runs at its steady state (theta = theta_bar = 0.5 after the
+warm-up steps). The arms run in interleaved rounds, so that load from other processes on a shared
+machine hits both alike; each arm's phases are taken from its fastest round.
+
+Reported per arm: ms per step for each phase, executed FLOPs per step (split into blocks and the
+rest), and time per executed FLOP; for PLD over Pre-LN, the ratio of time per executed FLOP (1.0:
+skipping a block saves exactly its share of the time) and what the non-block phases cost per FLOP.
+
+Shapes (a row each; --set adds overrides):
+    demo   configs/demo.toml on data/demo (6 x 128, seq 64, vocabulary 4,096, batch 64)
+    base   BERT-base: 12 x 768, seq 128, vocabulary 30,522, MLM + NSP, batch 8, on data/demo30k
+           (bertpld prepare --out data/demo30k --vocab-size 30522)
+
+    python scripts/profile_step.py --shape demo --threads 1 --json docs/measurements/x.json
+    python scripts/profile_step.py --shape base --steps 4 --rounds 2
+    python scripts/profile_step.py --shape demo --trace /tmp/trace    # + a torch.profiler trace per arm
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from bertpld import pld
+from bertpld.atomic import atomic_write_json
+from bertpld.config import PretrainConfig, load_config, parse_set, resolve_config_path
+from bertpld.data.reader import PretrainReader, load_manifest
+from bertpld.device import cpu_bf16_support, resolve_device, resolve_precision
+from bertpld.flops import step_flops
+from bertpld.phases import OTHER, PHASES, PhaseClock
+from bertpld.train import build_trainer, schedule_steps, train_step
+
+SHAPES = {
+    "demo": ("demo", "data/demo", {}),
+    "base": (
+        "bert-base-preln",
+        "data/demo30k",
+        {"train": {"global_batch_size": 8}, "impl": {"micro_batch_size": 8, "precision": "auto"}},
+    ),
+}
+ARMS = {"pre": {"model": {"norm": "pre"}}, "pld": {"model": {"norm": "pre"}, "pld": {"enabled": True}}}
+BLOCKS = ("forward.blocks", "backward.blocks")
+
+
+def arm_config(shape: str, arm: str, data: str, device: str, threads: int, sets: list[str]) -> PretrainConfig:
+    config, _, layer = SHAPES[shape]
+    steady = {"train": {"max_steps": 10**6, "max_flops": 0.0, "eval_every": 0, "save_every": 0}}
+    # gamma 1: theta is within 0.1% of theta_bar after 8 steps (the warm-up), PLD's steady state
+    pld_cfg = {"pld": {**ARMS[arm].get("pld", {}), "gamma": 1.0}} if arm == "pld" else {}
+    layers = [layer, ARMS[arm], pld_cfg, steady]
+    layers.append({"data": {"path": data}, "impl": {"device": device, "threads": threads}})
+    return load_config(PretrainConfig, resolve_config_path(config), *layers, parse_set(sets))
+
+
+class Arm:
+    """One arm's trainer, kept across rounds (its data stream and optimizer state go on)."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.impl.device)
+        manifest = load_manifest(cfg.data.path)
+        cfg.model.vocab_size = cfg.model.vocab_size or int(manifest["vocab_size"])
+        reader = PretrainReader(
+            cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, 0, 1
+        )
+        self.precision = resolve_precision(cfg.impl.precision, self.device)
+        self.trainer = build_trainer(cfg, self.device, self.precision.dtype, reader, schedule_steps(cfg))
+        self.rounds: list[dict] = []
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            _, _, failure = train_step(self.trainer)
+            if failure:
+                sys.exit(failure)
+
+    def measure(self, steps: int) -> dict:
+        c = self.trainer.counters
+        flops0, blocks0 = c.flops, self.trainer.meter.blocks_sum
+        with PhaseClock(self.trainer.model, self.device) as clock:
+            for _ in range(steps):
+                self.run(1)
+                clock.step()
+        kept = (self.trainer.meter.blocks_sum - blocks0) / (steps * self.trainer.accum)
+        flops = (c.flops - flops0) / steps
+        result = {
+            "step_ms": 1e3 * sum(clock.steps) / steps,
+            "phases_ms": {k: 1e3 * clock.totals.get(k, 0.0) / steps for k in [*PHASES, OTHER]},
+            "flops_per_step": flops,
+            "nonblock_flops_per_step": self.nonblock_flops(),
+            "blocks_kept": kept,
+        }
+        self.trainer.meter.blocks_sum = blocks0  # leave the meter as a run would (no row written here)
+        self.rounds.append(result)
+        return result
+
+    def nonblock_flops(self) -> float:
+        """FLOPs of a step with every block dropped (embeddings, heads): same batch shapes."""
+        cfg = self.cfg
+        G, T = cfg.train.global_batch_size, cfg.data.max_seq_len
+        tokens = G * self.trainer.reader.mean_tokens_per_sequence() if cfg.impl.unpad else None
+        preds = G * (cfg.data.predictions_per_seq)
+        return step_flops(cfg.model, G, T, 0, preds, cfg.data.objective == "mlm+nsp", tokens=tokens)
+
+    def best(self) -> dict:
+        return min(self.rounds, key=lambda r: r["step_ms"])
+
+
+def table(arms: dict[str, dict]) -> str:
+    names = list(arms)
+    lines = ["| phase | " + " | ".join(f"{a} ms/step | {a} share" for a in names) + " |"]
+    lines.append("|---|" + "---|---|" * len(names))
+    for k in [*PHASES, OTHER]:
+        cells = []
+        for a in names:
+            ms, step = arms[a]["phases_ms"][k], arms[a]["step_ms"]
+            cells.append(f"{ms:.1f} | {ms / step:.1%}")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append("| **step** | " + " | ".join(f"**{arms[a]['step_ms']:.1f}** | 100%" for a in names) + " |")
+    return "\n".join(lines)
+
+
+def summarize(arms: dict[str, dict]) -> dict:
+    out = {}
+    for r in arms.values():
+        blocks_ms = sum(r["phases_ms"][k] for k in BLOCKS)
+        r["blocks_ms"], r["nonblock_ms"] = blocks_ms, r["step_ms"] - blocks_ms
+        r["ns_per_flop"] = 1e9 * r["step_ms"] / 1e3 / r["flops_per_step"]
+        r["nonblock_time_share"] = r["nonblock_ms"] / r["step_ms"]
+        r["nonblock_flops_share"] = r["nonblock_flops_per_step"] / r["flops_per_step"]
+    if {"pre", "pld"} <= arms.keys():
+        out["pld_over_pre_time_per_flop"] = arms["pld"]["ns_per_flop"] / arms["pre"]["ns_per_flop"]
+        out["pld_over_pre_step_time"] = arms["pld"]["step_ms"] / arms["pre"]["step_ms"]
+        out["pld_over_pre_flops"] = arms["pld"]["flops_per_step"] / arms["pre"]["flops_per_step"]
+    return out
+
+
+def trace(arm: Arm, out: Path, steps: int = 3) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if arm.device.type == "cuda" else [])
+    with profile(activities=acts) as prof, PhaseClock(arm.trainer.model, arm.device):
+        arm.run(steps)
+    out.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(
+        str(out / f"{arm.cfg.model.norm}-{'pld' if arm.cfg.pld.enabled else 'nopld'}.json")
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=list(SHAPES), default="demo")
+    ap.add_argument("--data", default="", help="prepared data (default: the shape's)")
+    ap.add_argument("--arms", default="pre,pld", help="comma-separated, of: " + ", ".join(ARMS))
+    ap.add_argument("--steps", type=int, default=10, help="measured steps per round and arm")
+    ap.add_argument("--warmup", type=int, default=8, help="unmeasured steps per arm first")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each arm's fastest is kept")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--set", action="append", default=[], help="config overrides for every arm")
+    ap.add_argument("--json", default="", help="write the numbers here")
+    ap.add_argument("--trace", default="", help="also write a torch.profiler chrome trace per arm here")
+    args = ap.parse_args()
+    data = args.data or SHAPES[args.shape][1]
+    if not (Path(data) / "manifest.json").is_file():
+        sys.exit(f"{data}: no prepared data (see --help for the bertpld prepare command)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arms = {
+        a: Arm(arm_config(args.shape, a, data, args.device, args.threads, args.set))
+        for a in args.arms.split(",")
+    }
+    for arm in arms.values():
+        arm.run(args.warmup)
+    for r in range(args.rounds):
+        for name, arm in arms.items():
+            res = arm.measure(args.steps)
+            print(f"round {r + 1} {name}: {res['step_ms']:.1f} ms/step", flush=True)
+    best = {name: arm.best() for name, arm in arms.items()}
+    ratios = summarize(best)
+    print(table(best))
+    for name, r in best.items():
+        print(
+            f"{name}: {r['step_ms']:.1f} ms/step, {r['flops_per_step'] / 1e9:.2f} GFLOP/step, "
+            f"{r['ns_per_flop'] * 1e3:.2f} ps/FLOP; blocks kept {r['blocks_kept']:.2f}; "
+            f"outside the blocks {r['nonblock_time_share']:.1%} of the time, {r['nonblock_flops_share']:.1%} of the FLOPs"
+        )
+    if "pld_over_pre_time_per_flop" in ratios:
+        print(
+            f"PLD / Pre-LN: time per executed FLOP {ratios['pld_over_pre_time_per_flop']:.3f} "
+            f"(step time {ratios['pld_over_pre_step_time']:.3f}, FLOPs {ratios['pld_over_pre_flops']:.3f})"
+        )
+    if args.trace:
+        for arm in arms.values():
+            trace(arm, Path(args.trace))
+    if args.json:
+        some = next(iter(arms.values()))
+        atomic_write_json(
+            Path(args.json),
+            {
+                "shape": args.shape,
+                "data": data,
+                "set": args.set,
+                "steps": args.steps,
+                "rounds": args.rounds,
+                "warmup": args.warmup,
+                "threads": torch.get_num_threads(),
+                "device": some.device.type,
+                "precision": some.precision.name,
+                "cpu_bf16": cpu_bf16_support() or None,
+                "machine": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "torch": torch.__version__,
+                "phases": PHASES,
+                "arms": best,
+                "rounds_ms": {n: [r["step_ms"] for r in a.rounds] for n, a in arms.items()},
+                **ratios,
+                "theta_pld": pld.theta(10**6, 0.5, 1.0),
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
