@@ -262,7 +262,7 @@ class ImplConfig:
     compile: bool = False
     """torch.compile the model's blocks (falls back to eager if compilation fails)."""
     fused_optimizer: bool = True
-    """Use the fused AdamW kernel where the device supports it."""
+    """Use torch's fused AdamW kernel (CUDA, and CPU since torch 2.4) instead of the foreach one."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
 

@@ -339,7 +339,7 @@ def train_one(
     model = BertForSequenceClassification(model_cfg, task.num_labels, ft.classifier_dropout)
     model.load_pretrained_encoder(state)
     model.to(device)
-    fused = cfg.impl.fused_optimizer and device.type == "cuda"
+    fused = cfg.impl.fused_optimizer  # CUDA and CPU
     optimizer = torch.optim.AdamW(
         param_groups(model, ft.weight_decay), lr=lr, betas=(0.9, 0.999), eps=ADAM_EPS, fused=fused or None
     )

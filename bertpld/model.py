@@ -37,8 +37,10 @@ class PretrainOutput(NamedTuple):
     """mlm_loss (+ nsp_loss); None without labels."""
     mlm_loss: Tensor | None
     nsp_loss: Tensor | None
-    mlm_logits: Tensor
-    """(B, P, V_padded); the padded vocabulary columns hold -inf, so they are never predicted."""
+    mlm_logits: Tensor | None
+    """(B, P, V_padded); the padded vocabulary columns hold -inf, so they are never predicted.
+    None when the loss was computed for training (labels given, gradients on): see
+    `linear_cross_entropy`."""
     nsp_logits: Tensor | None
     """(B, 2), 0 = is next; None for a model built without NSP."""
 
@@ -89,9 +91,12 @@ class SelfAttention(nn.Module):
         self.attention_dropout = cfg.attention_dropout
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, x: Tensor, mask: Tensor, token_index: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor, token_index: Tensor | None = None, scale: Tensor | None = None
+    ) -> Tensor:
         """x: (B, T, H), or (N, H) real tokens only when `token_index` is given (then padded here
-        for attention alone: the zero rows are padding keys, which the mask hides)."""
+        for attention alone: the zero rows are padding keys, which the mask hides). `scale`: see
+        `scaled_linear`."""
         B, T = mask.shape[0], mask.shape[-1]
         H = x.shape[-1]
         qkv = self.qkv(x)
@@ -114,7 +119,15 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, H)
         if token_index is not None:
             y = y.view(B * T, H).index_select(0, token_index)
-        return self.dropout(self.out(y))
+        return self.dropout(scaled_linear(self.out, y, scale))
+
+
+def scaled_linear(linear: nn.Linear, x: Tensor, scale: Tensor | None) -> Tensor:
+    """scale * linear(x), with the scale folded into the weight and bias: PLD's 1/p_l then costs
+    O(H x width) per kept block instead of an (N, H) multiplication forward and backward."""
+    if scale is None:
+        return linear(x)
+    return F.linear(x, linear.weight * scale, linear.bias * scale)
 
 
 class FeedForward(nn.Module):
@@ -124,8 +137,9 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))  # exact (erf) GELU, as BERT
+    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+        # exact (erf) GELU, as BERT; `scale`: see `scaled_linear`
+        return self.dropout(scaled_linear(self.down, F.gelu(self.up(x)), scale))
 
 
 class Block(nn.Module):
@@ -153,10 +167,8 @@ class Block(nn.Module):
         if not self.pre_norm:
             h = self.attn_norm(x + self.attn(x, mask, token_index))
             return self.ffn_norm(h + self.ffn(h))
-        a = self.attn(self.attn_norm(x), mask, token_index)
-        h = x + a if scale is None else x + a * scale
-        f = self.ffn(self.ffn_norm(h))
-        return h + f if scale is None else h + f * scale
+        h = x + self.attn(self.attn_norm(x), mask, token_index, scale)
+        return h + self.ffn(self.ffn_norm(h), scale)
 
 
 class Encoder(nn.Module):
@@ -296,9 +308,81 @@ class MLMHead(nn.Module):
         pad[cfg.vocab_size :] = float("-inf")
         self.register_buffer("vocab_pad", pad, persistent=False)
 
+    def transform(self, hidden: Tensor) -> Tensor:
+        """What the decoder reads: LayerNorm(GELU(dense(hidden)))."""
+        return self.norm(F.gelu(self.dense(hidden)))
+
+    def decoder_bias(self) -> Tensor:
+        return self.bias + self.vocab_pad.to(self.bias.dtype)
+
     def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
-        x = self.norm(F.gelu(self.dense(hidden)))
-        return F.linear(x, word_embeddings, self.bias + self.vocab_pad.to(self.bias.dtype))
+        return F.linear(self.transform(hidden), word_embeddings, self.decoder_bias())
+
+
+# Logits computed at once by linear_cross_entropy: 2^21 fp32 values (8 MiB), a size that stays in
+# a CPU's cache across the passes over it (fastest of 2^18..2^23 on the demo's head).
+_CE_CHUNK_ELEMENTS = 1 << 21
+# ... but at least this many rows: each chunk reads the whole (vocabulary, H) weight (BERT-base: 47 MB)
+_CE_MIN_ROWS = 256
+
+
+def linear_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
+    """mean over rows with labels != -100 of cross_entropy(x @ weight.T + bias, labels), with
+    the gradients of x, weight and bias computed in the forward pass, chunk by chunk of rows.
+
+    The same maths as `F.cross_entropy(F.linear(x, weight, bias).float(), labels)` under autocast,
+    and the same roundings where it matters (logits from a matmul in the autocast dtype, softmax in
+    fp32, d(loss)/d(logits) rounded to the autocast dtype for the two matmuls of the backward),
+    without its costs outside the matmuls: no fp32 copy of the (rows, vocabulary) logits kept for
+    backward, and one fp32 pass that gives the loss and the logits' gradient (softmax - one-hot)
+    instead of separate log-softmax, NLL and their backward kernels (on a CPU demo step this part
+    took ~20% of the step with ~0% of its FLOPs). Liger Kernel's fused linear cross-entropy works
+    the same way. A loss past ~100 nats reads as 103.3 (the probability is floored at 1e-45).
+    """
+    return _LinearCrossEntropy.apply(x, weight, bias, labels)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        with torch.autocast(device, enabled=False):
+            xc, wc, bc = x.to(dtype), weight.to(dtype), bias.to(dtype)
+            valid = labels != -100
+            target = torch.where(valid, labels, 0)[:, None]
+            count = valid.sum().clamp_min(1).float()
+            row_scale = (valid.float() / count)[:, None]  # d(mean loss)/d(row loss)
+            loss = torch.zeros((), dtype=torch.float32, device=x.device)
+            grad_x = torch.empty_like(xc, dtype=torch.float32)
+            grad_b = torch.zeros_like(bias, dtype=torch.float32)
+            grad_logits = torch.empty(x.shape[0], weight.shape[0], dtype=dtype, device=x.device)
+            rows = max(_CE_MIN_ROWS, _CE_CHUNK_ELEMENTS // weight.shape[0])
+            for i in range(0, x.shape[0], rows):
+                sl = slice(i, i + rows)
+                # fp32 copy then softmax: 2x faster on a CPU than softmax(..., dtype=float32)
+                probs = torch.softmax(torch.addmm(bc, xc[sl], wc.t()).float(), dim=-1)
+                p_target = probs.gather(1, target[sl])
+                loss -= (p_target.clamp_min(1e-45).log() * row_scale[sl]).sum()
+                probs.scatter_(1, target[sl], p_target - 1.0)  # d(row loss)/d(logits)
+                grad_b += row_scale[sl, 0] @ probs
+                grad_logits[sl] = probs
+                grad_x[sl] = (grad_logits[sl] @ wc).float() * row_scale[sl]
+            # one product for the weight: per chunk it would cost a (vocabulary, H) pass each time.
+            # The rows' scale goes on x (fp32: 1/count rounded to bf16 would bias every gradient
+            # alike), cheaper than on the (rows, vocabulary) gradient of the logits.
+            grad_w = (grad_logits.t() @ (xc.float() * row_scale).to(dtype)).float()
+        ctx.save_for_backward(grad_x, grad_w, grad_b)
+        ctx.x_dtype = x.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        grad_x, grad_w, grad_b = ctx.saved_tensors
+        # a scale of exactly 1 (no accumulation, no fp16 scaler) costs nothing; checked on the CPU only
+        if grad_loss.device.type != "cpu" or float(grad_loss) != 1.0:
+            grad_x, grad_w, grad_b = grad_x * grad_loss, grad_w * grad_loss, grad_b * grad_loss
+        return grad_x.to(ctx.x_dtype), grad_w, grad_b, None
 
 
 class BertForPreTraining(nn.Module):
@@ -338,15 +422,20 @@ class BertForPreTraining(nn.Module):
     ) -> PretrainOutput:
         # gather, not boolean indexing: the shape is fixed, so there is no device sync.
         idx = mlm_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, P, H)
-        mlm_logits = self.mlm(torch.gather(hidden, 1, idx), self.bert.embeddings.word.weight)  # (B, P, V)
+        word = self.bert.embeddings.word.weight
         nsp_logits = self.nsp(self.bert.pool(hidden)) if self.nsp is not None else None  # (B, 2)
-
-        mlm_loss = nsp_loss = loss = None
-        if mlm_labels is not None:
-            mlm_loss = F.cross_entropy(
-                mlm_logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100
-            )
-            loss = mlm_loss
+        mlm_logits = mlm_loss = nsp_loss = loss = None
+        if mlm_labels is not None and torch.is_grad_enabled():
+            # training: the loss and its gradients without the (B x P, V) logits (see linear_cross_entropy)
+            x = self.mlm.transform(torch.gather(hidden, 1, idx)).flatten(0, 1)  # (B x P, H)
+            mlm_loss = linear_cross_entropy(x, word, self.mlm.decoder_bias(), mlm_labels.flatten())
+        else:
+            mlm_logits = self.mlm(torch.gather(hidden, 1, idx), word)  # (B, P, V)
+            if mlm_labels is not None:
+                mlm_loss = F.cross_entropy(
+                    mlm_logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100
+                )
+        loss = mlm_loss
         if nsp_labels is not None:
             if nsp_logits is None:
                 raise BertpldError("nsp_labels given to a model built without NSP (objective 'mlm')")

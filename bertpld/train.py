@@ -134,7 +134,8 @@ def build_trainer(
     _seed_everything(cfg.train.seed)
     nsp = cfg.data.objective == "mlm+nsp"
     model = BertForPreTraining(cfg.model, nsp=nsp).to(device)
-    fused = cfg.impl.fused_optimizer and device.type == "cuda"
+    # torch's fused AdamW: one kernel for all parameters, on CUDA and (since torch 2.4) on the CPU
+    fused = cfg.impl.fused_optimizer
     optimizer = build_optimizer(model, cfg.train, fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
     rank, world = dist.rank(), dist.world_size()
@@ -159,7 +160,10 @@ def build_trainer(
         gamma=pld.resolve_gamma(cfg.pld, total_steps) if cfg.pld.enabled else None,
         counters=counters,
         meter=Meter(device, nsp, counters),
-        skip_on_device=isinstance(optimizer, torch.optim.AdamW) and fused and precision != torch.float16,
+        skip_on_device=isinstance(optimizer, torch.optim.AdamW)
+        and fused
+        and device.type == "cuda"
+        and precision != torch.float16,
         batches=iter(reader),
     )
 

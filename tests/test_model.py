@@ -94,16 +94,21 @@ def test_post_matches_transformers_bert(nsp: bool) -> None:
 
 
 def test_padded_vocab_never_predicted() -> None:
-    m = BertForPreTraining(tiny(), nsp=True)
-    out = m(**batch())
-    assert torch.isneginf(out.mlm_logits[..., V:]).all() and torch.isfinite(out.mlm_logits[..., :V]).all()
+    m = BertForPreTraining(tiny(), nsp=True).eval()  # no dropout: the two forwards below agree
+    with torch.no_grad():
+        logged = m(**batch())
+    assert (
+        torch.isneginf(logged.mlm_logits[..., V:]).all() and torch.isfinite(logged.mlm_logits[..., :V]).all()
+    )
+    out = m(**batch())  # gradients on: the MLM loss comes from linear_cross_entropy, without logits
+    assert out.mlm_logits is None
     out.loss.backward()
     assert torch.isfinite(out.loss)
     emb = m.bert.embeddings.word.weight
     assert emb.grad[V:].abs().sum() == 0 and m.mlm.bias.grad[V:].abs().sum() == 0
     # reference loss computed on the unpadded logits
     b = batch()
-    logits = out.mlm_logits[..., :V].detach()
+    logits = logged.mlm_logits[..., :V]
     ref = F.cross_entropy(logits.flatten(0, 1), b["mlm_labels"].flatten(), ignore_index=-100)
     ref = ref + F.cross_entropy(out.nsp_logits.detach(), b["nsp_labels"])
     assert torch.allclose(out.loss.detach(), ref, atol=1e-6)
@@ -136,7 +141,7 @@ def test_theta_one_is_bit_identical_to_no_pld() -> None:
         torch.manual_seed(123)
         out = m(**b, gates=gates, keep_probs=probs)
         out.loss.backward()
-        results.append((out.mlm_logits.detach().clone(), [p.grad.clone() for p in m.parameters()]))
+        results.append((out.loss.detach().clone(), [p.grad.clone() for p in m.parameters()]))
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
@@ -350,3 +355,49 @@ def test_unpadded_encoder_computes_what_the_padded_one_does(norm: str) -> None:
     real = b["attention_mask"].bool()
     torch.testing.assert_close(hidden[real], padded[real], atol=1e-5, rtol=1e-5)
     assert hidden[~real].abs().sum() == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_linear_cross_entropy_matches_cross_entropy_on_logits(
+    chunked: bool, autocast: bool, monkeypatch
+) -> None:
+    """The fused MLM loss against F.cross_entropy(F.linear(...).float()) under the same autocast:
+    the loss, and the gradients of x, weight and bias, with ignored rows, a scaled backward (as
+    accumulation does) and, chunked, several chunks of rows. bf16: within its rounding."""
+    import bertpld.model as M
+
+    if chunked:
+        monkeypatch.setattr(M, "_CE_CHUNK_ELEMENTS", 7 * 50)
+        monkeypatch.setattr(M, "_CE_MIN_ROWS", 1)  # 7 rows a chunk: 6 chunks, the last short
+    torch.manual_seed(0)
+    N, H, Vb = 40, 16, 50
+    x0, w0, b0 = torch.randn(N, H), torch.randn(Vb, H) * 0.3, torch.randn(Vb)
+    b0[-3:] = float("-inf")  # padded vocabulary columns, as the MLM head has
+    labels = torch.randint(0, Vb - 3, (N,))
+    labels[::5] = -100
+    results = []
+    for fused in (False, True):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if fused:
+                loss = M.linear_cross_entropy(x, w, b, labels)
+            else:
+                loss = F.cross_entropy(F.linear(x, w, b).float(), labels, ignore_index=-100)
+        (loss * 0.25).backward()
+        results.append([loss.detach(), x.grad, w.grad, torch.where(b0.isinf(), 0, b.grad)])
+    (ref_loss, *ref), (loss, *got) = results
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+    tol = 1e-2 if autocast else 1e-5  # relative to the largest gradient: bf16 keeps 8 bits
+    for a, r in zip(got, ref):
+        assert (a - r).abs().max() <= tol * r.abs().max(), (a - r).abs().max() / r.abs().max()
+    assert got[0][::5].abs().sum() == 0  # ignored rows get no gradient
+
+
+def test_linear_cross_entropy_of_no_labelled_row_is_zero() -> None:
+    from bertpld.model import linear_cross_entropy
+
+    x, w, b = torch.randn(4, 8, requires_grad=True), torch.randn(10, 8, requires_grad=True), torch.zeros(10)
+    loss = linear_cross_entropy(x, w, b, torch.full((4,), -100))
+    loss.backward()
+    assert loss.item() == 0 and x.grad.abs().sum() == 0 and w.grad.abs().sum() == 0
