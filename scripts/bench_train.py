@@ -1,11 +1,14 @@
 """End-to-end pre-training benchmark on this machine: PLD vs Pre-LN at equal samples, and DDP overhead.
 
 1. PLD vs Pre-LN: the same config (default: configs/demo.toml) trained for the same number of
-   steps (so the same samples) by `bertpld pretrain`, once with --pld and once without; compares the
-   total executed FLOPs ratio and the training wall-clock ratio from the runs' summary.json. The
-   target is a wall-clock ratio within 3% of the FLOPs ratio: skipping blocks saves what it
-   promises. Both runs are repeated (--repeats) and interleaved; the median of the paired
-   ratios (each PLD run over the Pre-LN run just before it) is reported.
+   steps (so the same samples) by `bertpld pretrain`, once with --pld and once without (--arms adds
+   the Post-LN baseline); compares the total executed FLOPs ratio and the training wall-clock ratio
+   from the runs' summary.json. The target: PLD's training time per executed FLOP within 3% of
+   Pre-LN's (each arm's fastest of --repeats; skipping blocks saves what it promises). The runs
+   are interleaved; the median of the paired wall-clock ratios (each PLD run over the Pre-LN run
+   just before it) is reported too. --compare-with DIR runs every arm also with the bertpld of
+   another checkout (e.g. `git worktree add /tmp/before <commit>`), interleaved with this one:
+   tokens/s of each arm before and after a change, on the same machine in the same minutes.
 2. DDP overhead: the same global batch on one process (all threads) vs two gloo processes under
    torchrun (threads split between them), steps/s of each.
 3. Precision (--precision): the same config trained with impl.precision=auto and =fp32, repeated
@@ -15,6 +18,7 @@
     python scripts/bench_train.py                     # demo config, 200 steps
     python scripts/bench_train.py --steps 100 --repeats 1 --skip-ddp
     python scripts/bench_train.py --precision --skip-pld --skip-ddp --steps 100 --repeats 3
+    python scripts/bench_train.py --skip-ddp --arms post,pre,pld --compare-with /tmp/before --set impl.threads=1
 """
 
 from __future__ import annotations
@@ -38,14 +42,41 @@ def run(args: list[str], env: dict | None = None) -> None:
 
 
 def pretrain(
-    out: Path, data: str, config: str, steps: int, extra: list[str], launcher: list[str] | None = None
+    out: Path,
+    data: str,
+    config: str,
+    steps: int,
+    extra: list[str],
+    launcher: list[str] | None = None,
+    code: Path = ROOT,
 ):
     cmd = (launcher or [sys.executable, "-m", "bertpld.cli"]) + ["pretrain"]
     cmd += ["--config", config, "--data", data, "--out", str(out), "--max-steps", str(steps)]
     cmd += ["--eval-every", "0", "--save-every", "0", "--set", "train.total_steps=" + str(steps)]
-    cmd += ["--set", "train.max_flops=0", *extra]
-    run(cmd, env={"PYTHONPATH": str(ROOT)})
-    return json.loads((out / "summary.json").read_text())
+    cmd += ["--set", "train.max_flops=0", "--set", "train.log_every=1", *extra]
+    run(cmd, env={"PYTHONPATH": str(code)})
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary["per_step"] = per_step(rows)
+    return summary
+
+
+def per_step(rows: list[dict], skip: int = 5) -> dict:
+    """Medians over a run's steps (after `skip` warm-up steps) of time per executed FLOP and
+    tokens/s, from consecutive metrics rows (logged every step): a burst of load from another
+    process moves a run's total, but only the steps it hits."""
+    rows = [r for r in rows if "tokens_per_s" in r]  # training rows (not the final evaluation's)
+    pairs = [(a, b) for a, b in zip(rows, rows[1:]) if b["step"] > skip and b["wall_s"] > a["wall_s"]]
+    if not pairs:
+        return {}
+    return {
+        "median_ps_per_flop": statistics.median(
+            1e12 * (b["wall_s"] - a["wall_s"]) / (b["flops"] - a["flops"]) for a, b in pairs
+        ),
+        "median_tokens_per_s": statistics.median(
+            (b["tokens"] - a["tokens"]) / (b["wall_s"] - a["wall_s"]) for a, b in pairs
+        ),
+    }
 
 
 def _global_batch(config: str) -> int:
@@ -58,6 +89,68 @@ def _secs(summaries: list[dict]) -> str:
     return ", ".join(f"{s['wall_s']:.1f}" for s in summaries)
 
 
+ARMS = {"post": ["--norm", "post"], "pre": ["--norm", "pre"], "pld": ["--pld"]}
+
+
+def compare_arms(args, train) -> dict:
+    """Every arm (and every arm of --compare-with) once per repeat, interleaved; see the module doc."""
+    arms = args.arms.split(",")
+    codes = {"this": ROOT, **({"other": Path(args.compare_with).resolve()} if args.compare_with else {})}
+    runs: dict[str, dict[str, list[dict]]] = {c: {a: [] for a in arms} for c in codes}
+    for i in range(args.repeats):
+        for c, code in codes.items():
+            for a in arms:
+                runs[c][a].append(train(f"{c}-{a}{i}", ARMS[a], code=code))
+    out: dict = {"arms": arms, "compare_with": args.compare_with or None, "runs": {}}
+    for c in codes:
+        label = "" if c == "this" else " (--compare-with)"
+        per = out["runs"][c] = {}
+        for a in arms:
+            rs = runs[c][a]
+            per[a] = {
+                "wall_s": [r["wall_s"] for r in rs],
+                "flops": rs[0]["flops"],
+                "tokens_per_s": [r["tokens"] / r["wall_s"] for r in rs],
+                "best_ps_per_flop": min(1e12 * r["wall_s"] / r["flops"] for r in rs),
+                # the median over runs of each run's median step (robust to bursts of load)
+                "step_ps_per_flop": statistics.median(r["per_step"]["median_ps_per_flop"] for r in rs),
+                "step_tokens_per_s": statistics.median(r["per_step"]["median_tokens_per_s"] for r in rs),
+            }
+            print(
+                f"{a:4s}{label}: wall-clock (s) {_secs(rs)}, FLOPs {rs[0]['flops']:.3e}, "
+                f"best {max(per[a]['tokens_per_s']):,.0f} tokens/s, {per[a]['best_ps_per_flop']:.2f} ps/FLOP; "
+                f"median step {per[a]['step_tokens_per_s']:,.0f} tokens/s, {per[a]['step_ps_per_flop']:.2f} ps/FLOP"
+            )
+        if {"pre", "pld"} <= set(arms):
+            pre, pld = runs[c]["pre"], runs[c]["pld"]
+            per["flops_ratio"] = pld[0]["flops"] / pre[0]["flops"]
+            # Each PLD run over the Pre-LN run just before it: the load of a shared machine drifts
+            # over minutes, and a pair sees nearly the same load. The median pair decides.
+            per["paired_wall_ratios"] = [b["wall_s"] / a["wall_s"] for a, b in zip(pre, pld)]
+            per["wall_ratio"] = statistics.median(per["paired_wall_ratios"])
+            per["time_per_flop_ratio"] = per["pld"]["best_ps_per_flop"] / per["pre"]["best_ps_per_flop"]
+            per["step_time_per_flop_ratio"] = per["pld"]["step_ps_per_flop"] / per["pre"]["step_ps_per_flop"]
+            print(
+                f"PLD / Pre-LN{label} at equal samples: FLOPs {per['flops_ratio']:.3f}, wall-clock "
+                f"{per['wall_ratio']:.3f} (median pair); time per executed FLOP {per['time_per_flop_ratio']:.3f} "
+                f"(fastest run of each), {per['step_time_per_flop_ratio']:.3f} (median steps); target <= 1.03"
+            )
+    if args.compare_with:
+        this, other = out["runs"]["this"], out["runs"]["other"]
+        out["speedup_vs_other"] = {
+            a: max(this[a]["tokens_per_s"]) / max(other[a]["tokens_per_s"]) for a in arms
+        }
+        out["step_speedup_vs_other"] = {
+            a: this[a]["step_tokens_per_s"] / other[a]["step_tokens_per_s"] for a in arms
+        }
+        for a in arms:
+            print(
+                f"{a}: tokens/s {out['speedup_vs_other'][a]:.3f}x (best run), "
+                f"{out['step_speedup_vs_other'][a]:.3f}x (median steps) that of --compare-with {args.compare_with}"
+            )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/demo", help="prepared data (bertpld prepare --out data/demo)")
@@ -66,6 +159,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-ddp", action="store_true")
     ap.add_argument("--skip-pld", action="store_true", help="skip the PLD vs Pre-LN comparison")
+    ap.add_argument("--arms", default="pre,pld", help="arms to compare, of post, pre, pld")
+    ap.add_argument("--compare-with", default="", help="also run every arm with the bertpld of this checkout")
     ap.add_argument("--precision", action="store_true", help="also compare impl.precision auto vs fp32")
     ap.add_argument("--set", action="append", default=[], help="config overrides for every run")
     ap.add_argument("--out", default="", help="write the numbers as JSON here")
@@ -80,34 +175,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
 
-        def train(name: str, flags: list[str], launcher: list[str] | None = None) -> dict:
-            return pretrain(tmp / name, args.data, args.config, args.steps, [*flags, *extra], launcher)
+        def train(name: str, flags: list[str], launcher: list[str] | None = None, code: Path = ROOT) -> dict:
+            return pretrain(tmp / name, args.data, args.config, args.steps, [*flags, *extra], launcher, code)
 
         if not args.skip_pld:
-            pre, pld = [], []
-            for i in range(args.repeats):
-                pre.append(train(f"pre{i}", ["--norm", "pre"]))
-                pld.append(train(f"pld{i}", ["--pld"]))
-            flops_ratio = pld[0]["flops"] / pre[0]["flops"]
-            # Each PLD run is paired with the Pre-LN run just before it: the load of this shared
-            # machine drifts over minutes, and a pair sees nearly the same load. The median pair decides.
-            wall_ratio = statistics.median(b["wall_s"] / a["wall_s"] for a, b in zip(pre, pld))
-            result.update(
-                pre_wall_s=[p["wall_s"] for p in pre],
-                pld_wall_s=[p["wall_s"] for p in pld],
-                paired_wall_ratios=[b["wall_s"] / a["wall_s"] for a, b in zip(pre, pld)],
-                pre_flops=pre[0]["flops"],
-                pld_flops=pld[0]["flops"],
-                flops_ratio=flops_ratio,
-                wall_ratio=wall_ratio,
-                wall_vs_flops=wall_ratio / flops_ratio - 1,
-            )
-            print(f"Pre-LN wall-clock (s): {_secs(pre)}   FLOPs {pre[0]['flops']:.3e}")
-            print(f"PLD    wall-clock (s): {_secs(pld)}   FLOPs {pld[0]['flops']:.3e}")
-            print(
-                f"PLD / Pre-LN at equal samples: FLOPs {flops_ratio:.3f}, wall-clock {wall_ratio:.3f} "
-                f"({result['wall_vs_flops']:+.1%} vs the FLOPs ratio; target within 3%)"
-            )
+            result.update(compare_arms(args, train))
 
         if args.precision:
             auto, fp32 = [], []

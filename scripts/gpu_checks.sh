@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU check in one go (for a lent H100/H200; results under $OUT, default ./gpu-out):
 #   1. the GPU-marked tests (CUDA parity of the model, FLOPs);
-#   2./4. scripts/bench_gpu.py: BERT-base seq 128 bf16 training-step tokens/s and MFU for Post-LN,
+#   2./5. scripts/bench_gpu.py: BERT-base seq 128 bf16 training-step tokens/s and MFU for Post-LN,
 #      Pre-LN and PLD at steady state (theta = 0.5), and with every block dropped (the part PLD
 #      cannot skip), eager (with a kernel profile of each under profiles/) and, last, compiled;
 #   3. the real loop: `bertpld pretrain` on BERT-base, Pre-LN (unpadded and padded) and PLD, on data/demo,
-#      metrics.jsonl of each (tokens_per_s, mfu, blocks_kept).
+#      metrics.jsonl of each (tokens_per_s, mfu, blocks_kept);
+#   4. scripts/profile_step.py: the trainer's own step split into phases (data, embeddings, blocks,
+#      heads, optimizer, ...), Pre-LN vs PLD, BERT-base at batch 256 (data/demo30k if present).
 # Run from the repository root; needs data/demo (bertpld prepare --out data/demo --vocab-size 8192).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
@@ -61,5 +63,11 @@ if "pre_padded" in res and "pre" in res:
     print("Pre-LN unpadded / padded real tokens/s:", res["pre"]["tokens_per_s"] / res["pre_padded"]["tokens_per_s"])
 PY
 
-echo "== 4. step benchmark, compiled blocks"
+echo "== 4. step profile (scripts/profile_step.py): BERT-base, batch 256, Pre-LN vs PLD at theta 0.5, by phase"
+PDATA=data/demo30k; [ -f "$PDATA/manifest.json" ] || PDATA=data/demo
+timeout 150 python3 scripts/profile_step.py --shape base --data "$PDATA" --device "$DEVICE" --threads 0 --steps 3 \
+  --rounds 6 --warmup 4 --set train.global_batch_size=256 --set impl.micro_batch_size=256 \
+  --json "$OUT/profile_step_base.json" 2>&1 | tail -20
+
+echo "== 5. step benchmark, compiled blocks"
 [ "${COMPILE_MODES:-eager,compiled}" = eager ] || bench compiled 120

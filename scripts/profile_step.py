@@ -4,8 +4,10 @@ Runs the trainer's own step (`bertpld.train.train_step`, on real prepared data) 
 `bertpld.phases.PhaseClock`, which charges every moment of a step to the phase the code is in
 (bertpld.phases.PHASES: data, gates, embeddings / blocks / heads forward and backward, gradient
 reduction, optimizer, bookkeeping). PLD runs at its steady state (theta = theta_bar = 0.5 after the
-warm-up steps). The arms run in interleaved rounds, so that load from other processes on a shared
-machine hits both alike; each arm's phases are taken from its fastest round.
+warm-up steps). The arms run in interleaved rounds of a few steps, so that load from other
+processes on a shared machine hits both alike, and every number is the median over an arm's rounds
+(this project's 2-core VM varies by 10-40% from minute to minute; a median of many short rounds
+holds still where a whole-run total or a fastest round does not).
 
 Reported per arm: ms per step for each phase, executed FLOPs per step (split into blocks and the
 rest), and time per executed FLOP; for PLD over Pre-LN, the ratio of time per executed FLOP (1.0:
@@ -19,13 +21,16 @@ Shapes (a row each; --set adds overrides):
     python scripts/profile_step.py --shape demo --threads 1 --json docs/measurements/x.json
     python scripts/profile_step.py --shape base --steps 4 --rounds 2
     python scripts/profile_step.py --shape demo --trace /tmp/trace    # + a torch.profiler trace per arm
+    python scripts/profile_step.py --table before.json after.json       # two profiles side by side
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -111,8 +116,18 @@ class Arm:
         preds = G * (cfg.data.predictions_per_seq)
         return step_flops(cfg.model, G, T, 0, preds, cfg.data.objective == "mlm+nsp", tokens=tokens)
 
-    def best(self) -> dict:
-        return min(self.rounds, key=lambda r: r["step_ms"])
+    def median(self) -> dict:
+        """Each quantity's median over the rounds (time per FLOP: the median of the rounds' own)."""
+        med = statistics.median
+        rs = self.rounds
+        return {
+            "step_ms": med(r["step_ms"] for r in rs),
+            "phases_ms": {k: med(r["phases_ms"][k] for r in rs) for k in rs[0]["phases_ms"]},
+            "flops_per_step": med(r["flops_per_step"] for r in rs),
+            "nonblock_flops_per_step": rs[0]["nonblock_flops_per_step"],
+            "blocks_kept": sum(r["blocks_kept"] for r in rs) / len(rs),
+            "ns_per_flop": med(1e9 * r["step_ms"] / 1e3 / r["flops_per_step"] for r in rs),
+        }
 
 
 def table(arms: dict[str, dict]) -> str:
@@ -129,12 +144,29 @@ def table(arms: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(paths: list[str]) -> str:
+    """A markdown table of several profiles' JSON (e.g. before and after a change): ms per step."""
+    runs = [(Path(p).stem, json.loads(Path(p).read_text())) for p in paths]
+    cols = [(name, a) for name, run in runs for a in run["arms"]]
+    lines = [
+        "| phase | " + " | ".join(f"{a} {name}" for name, a in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    by = {(name, a): run["arms"][a] for name, run in runs for a in run["arms"]}
+    for k in [*PHASES, OTHER]:
+        lines.append(f"| {k} | " + " | ".join(f"{by[c]['phases_ms'][k]:.1f}" for c in cols) + " |")
+    lines.append("| **step** | " + " | ".join(f"**{by[c]['step_ms']:.1f}**" for c in cols) + " |")
+    lines.append(
+        "| ps per executed FLOP | " + " | ".join(f"{1e3 * by[c]['ns_per_flop']:.2f}" for c in cols) + " |"
+    )
+    return "\n".join(lines)
+
+
 def summarize(arms: dict[str, dict]) -> dict:
     out = {}
     for r in arms.values():
         blocks_ms = sum(r["phases_ms"][k] for k in BLOCKS)
         r["blocks_ms"], r["nonblock_ms"] = blocks_ms, r["step_ms"] - blocks_ms
-        r["ns_per_flop"] = 1e9 * r["step_ms"] / 1e3 / r["flops_per_step"]
         r["nonblock_time_share"] = r["nonblock_ms"] / r["step_ms"]
         r["nonblock_flops_share"] = r["nonblock_flops_per_step"] / r["flops_per_step"]
     if {"pre", "pld"} <= arms.keys():
@@ -161,15 +193,19 @@ def main() -> None:
     ap.add_argument("--shape", choices=list(SHAPES), default="demo")
     ap.add_argument("--data", default="", help="prepared data (default: the shape's)")
     ap.add_argument("--arms", default="pre,pld", help="comma-separated, of: " + ", ".join(ARMS))
-    ap.add_argument("--steps", type=int, default=10, help="measured steps per round and arm")
+    ap.add_argument("--steps", type=int, default=3, help="measured steps per round and arm")
     ap.add_argument("--warmup", type=int, default=8, help="unmeasured steps per arm first")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each arm's fastest is kept")
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds (medians over them)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], help="config overrides for every arm")
     ap.add_argument("--json", default="", help="write the numbers here")
     ap.add_argument("--trace", default="", help="also write a torch.profiler chrome trace per arm here")
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="only print these profiles side by side")
     args = ap.parse_args()
+    if args.table:
+        print(side_by_side(args.table))
+        return
     data = args.data or SHAPES[args.shape][1]
     if not (Path(data) / "manifest.json").is_file():
         sys.exit(f"{data}: no prepared data (see --help for the bertpld prepare command)")
@@ -185,10 +221,10 @@ def main() -> None:
         for name, arm in arms.items():
             res = arm.measure(args.steps)
             print(f"round {r + 1} {name}: {res['step_ms']:.1f} ms/step", flush=True)
-    best = {name: arm.best() for name, arm in arms.items()}
-    ratios = summarize(best)
-    print(table(best))
-    for name, r in best.items():
+    medians = {name: arm.median() for name, arm in arms.items()}
+    ratios = summarize(medians)
+    print(table(medians))
+    for name, r in medians.items():
         print(
             f"{name}: {r['step_ms']:.1f} ms/step, {r['flops_per_step'] / 1e9:.2f} GFLOP/step, "
             f"{r['ns_per_flop'] * 1e3:.2f} ps/FLOP; blocks kept {r['blocks_kept']:.2f}; "
@@ -211,7 +247,7 @@ def main() -> None:
                 "data": data,
                 "set": args.set,
                 "steps": args.steps,
-                "rounds": args.rounds,
+                "n_rounds": args.rounds,
                 "warmup": args.warmup,
                 "threads": torch.get_num_threads(),
                 "device": some.device.type,
@@ -221,8 +257,8 @@ def main() -> None:
                 "cpu_count": os.cpu_count(),
                 "torch": torch.__version__,
                 "phases": PHASES,
-                "arms": best,
-                "rounds_ms": {n: [r["step_ms"] for r in a.rounds] for n, a in arms.items()},
+                "arms": medians,
+                "rounds": {n: a.rounds for n, a in arms.items()},
                 **ratios,
                 "theta_pld": pld.theta(10**6, 0.5, 1.0),
             },

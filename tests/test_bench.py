@@ -128,3 +128,57 @@ def test_bench_data_workers_smoke_and_projection(tmp_path: Path) -> None:
             f"PROJECTION, not measured: prepare of Wikipedia + BookCorpus (4B tokens) on {cores} cores"
             in done.stdout
         )
+
+
+def test_bench_train_arms_and_compare_with_smoke(tmp_path: Path) -> None:
+    """Post-LN, Pre-LN and PLD against another checkout (here: this one): per-arm tokens/s, time per
+    executed FLOP (fastest run of each arm) and their ratios come from the runs' summaries."""
+    from tests.conftest import make_prepared_data
+
+    data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    args = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--data", str(data)]
+    args += ["--config", str(tmp_path / "tiny.toml"), "--steps", "8", "--repeats", "1", "--skip-ddp"]
+    args += ["--arms", "post,pre,pld", "--compare-with", str(ROOT), "--out", str(tmp_path / "b.json")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((tmp_path / "b.json").read_text())
+    this, other = res["runs"]["this"], res["runs"]["other"]
+    assert this["pld"]["flops"] < this["pre"]["flops"] and this["flops_ratio"] < 1
+    for per in (this, other):
+        ratio = per["pld"]["best_ps_per_flop"] / per["pre"]["best_ps_per_flop"]
+        assert per["time_per_flop_ratio"] == pytest.approx(ratio)
+    best = {a: max(this[a]["tokens_per_s"]) / max(other[a]["tokens_per_s"]) for a in ("post", "pre", "pld")}
+    assert res["speedup_vs_other"] == pytest.approx(best)
+    step = {a: this[a]["step_tokens_per_s"] / other[a]["step_tokens_per_s"] for a in ("post", "pre", "pld")}
+    assert res["step_speedup_vs_other"] == pytest.approx(step) and all(v > 0 for v in step.values())
+    assert "time per executed FLOP" in done.stdout
+
+
+def test_profile_step_smoke(tmp_path: Path) -> None:
+    """The step profile charges every moment of a step to one phase: the phases add up to the step,
+    and the encoder's hooks split backward into heads, blocks and embeddings."""
+    from tests.conftest import make_prepared_data
+
+    data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
+    tiny = ["model.num_layers=4", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64"]
+    tiny += ["model.max_position_embeddings=32", "data.max_seq_len=32", "train.global_batch_size=4"]
+    tiny += ["impl.micro_batch_size=2", "impl.precision=fp32"]
+    args = [sys.executable, str(ROOT / "scripts" / "profile_step.py"), "--shape", "demo", "--data", str(data)]
+    args += ["--steps", "4", "--warmup", "1", "--rounds", "2", "--json", str(tmp_path / "p.json")]
+    args += [a for s in tiny for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((tmp_path / "p.json").read_text())
+    for rounds in res["rounds"].values():
+        assert len(rounds) == 2
+        for r in rounds:
+            assert sum(r["phases_ms"].values()) == pytest.approx(r["step_ms"], rel=1e-9)
+    for arm in res["arms"].values():
+        for phase in ("data", "forward.blocks", "forward.heads", "backward", "backward.blocks", "optimizer"):
+            assert arm["phases_ms"][phase] > 0, phase
+        assert arm["phases_ms"]["backward.embeddings"] > 0
+    assert res["arms"]["pre"]["blocks_kept"] == 4 and res["arms"]["pld"]["blocks_kept"] < 4
+    assert res["pld_over_pre_flops"] < 1 and "| forward.blocks |" in done.stdout
