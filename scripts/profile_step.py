@@ -53,7 +53,11 @@ SHAPES = {
         {"train": {"global_batch_size": 8}, "impl": {"micro_batch_size": 8, "precision": "auto"}},
     ),
 }
-ARMS = {"pre": {"model": {"norm": "pre"}}, "pld": {"model": {"norm": "pre"}, "pld": {"enabled": True}}}
+ARMS = {
+    "post": {"model": {"norm": "post"}},
+    "pre": {"model": {"norm": "pre"}},
+    "pld": {"model": {"norm": "pre"}, "pld": {"enabled": True}},
+}
 BLOCKS = ("forward.blocks", "backward.blocks")
 
 
@@ -169,6 +173,9 @@ def summarize(arms: dict[str, dict]) -> dict:
         r["blocks_ms"], r["nonblock_ms"] = blocks_ms, r["step_ms"] - blocks_ms
         r["nonblock_time_share"] = r["nonblock_ms"] / r["step_ms"]
         r["nonblock_flops_share"] = r["nonblock_flops_per_step"] / r["flops_per_step"]
+    if {"post", "pld"} <= arms.keys():
+        out["pld_over_post_time_per_flop"] = arms["pld"]["ns_per_flop"] / arms["post"]["ns_per_flop"]
+        out["pre_over_post_time_per_flop"] = arms["pre"]["ns_per_flop"] / arms["post"]["ns_per_flop"]
     if {"pre", "pld"} <= arms.keys():
         out["pld_over_pre_time_per_flop"] = arms["pld"]["ns_per_flop"] / arms["pre"]["ns_per_flop"]
         out["pld_over_pre_step_time"] = arms["pld"]["step_ms"] / arms["pre"]["step_ms"]
@@ -234,6 +241,11 @@ def main() -> None:
         print(
             f"PLD / Pre-LN: time per executed FLOP {ratios['pld_over_pre_time_per_flop']:.3f} "
             f"(step time {ratios['pld_over_pre_step_time']:.3f}, FLOPs {ratios['pld_over_pre_flops']:.3f})"
+        )
+    if "pld_over_post_time_per_flop" in ratios:
+        print(
+            f"PLD / Post-LN: time per executed FLOP {ratios['pld_over_post_time_per_flop']:.3f}; "
+            f"Pre-LN / Post-LN {ratios['pre_over_post_time_per_flop']:.3f}"
         )
     if args.trace:
         for arm in arms.values():
