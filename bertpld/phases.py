@@ -136,10 +136,3 @@ class PhaseClock:
         self._charge()
         self.steps.append(self._last - self._step_start)
         self._step_start = self._last
-
-    def reset(self) -> None:
-        """Forget what was measured so far (after warm-up steps)."""
-        self._charge()
-        self.totals.clear()
-        self.steps.clear()
-        self._step_start = self._last

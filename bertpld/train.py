@@ -118,7 +118,7 @@ class Trainer:
     counters: Counters
     meter: Meter
     skip_on_device: bool  # fused AdamW skips a non-finite step on the GPU itself (no host sync)
-    batches: Iterator[dict[str, torch.Tensor]] | None = None
+    batches: Iterator[dict[str, torch.Tensor]]  # iter(reader), from the reader's restored position
 
 
 def build_trainer(
@@ -343,17 +343,15 @@ def _pretrain(
     if cfg.impl.threads:
         torch.set_num_threads(cfg.impl.threads)
     manifest = load_manifest(cfg.data.path)
-    _resolve_vocab(cfg, manifest)
+    resolve_vocab(cfg, manifest)
     accum = micro_steps_per_step(cfg, world)
     reader = PretrainReader(
         cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, rank, world
     )
     tokens_per_seq = reader.mean_tokens_per_sequence()
     total_steps = schedule_steps(cfg, tokens_per_seq)
-    if cfg.pld.enabled:
-        pld.resolve_gamma(
-            cfg.pld, total_steps
-        )  # a missing gamma is an error before the run directory changes
+    if cfg.pld.enabled:  # a missing gamma is an error before the run directory changes
+        pld.resolve_gamma(cfg.pld, total_steps)
     prec = resolve_precision(cfg.impl.precision, device)
 
     # Rank 0 owns the run directory (one writer: it holds the directory's lock before it looks
@@ -647,7 +645,8 @@ def flops_budget_steps(cfg: PretrainConfig, tokens_per_seq: float) -> int:
     return lo
 
 
-def _resolve_vocab(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
+def resolve_vocab(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
+    """Set model.vocab_size from the prepared data (0 means "the data's"); a different explicit value is an error."""
     vocab = int(manifest["vocab_size"])
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = vocab

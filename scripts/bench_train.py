@@ -170,6 +170,13 @@ def main() -> None:
             f"{args.data}: no prepared data; run `bertpld prepare --out {args.data} --vocab-size 4096` first"
         )
 
+    unknown = [a for a in args.arms.split(",") if a not in ARMS]
+    if unknown:
+        sys.exit(
+            f"error: --arms: {', '.join(unknown)} unknown; expected a comma-separated list of {', '.join(ARMS)}"
+        )
+    if not args.skip_pld and args.steps < 8:  # per_step's medians skip 5 warm-up steps
+        sys.exit(f"error: --steps {args.steps}: the arm comparison needs at least 8 steps")
     extra = [a for s in args.set for a in ("--set", s)]
     result: dict = {"config": args.config, "steps": args.steps, "cpu_count": os.cpu_count(), "set": args.set}
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,9 +41,8 @@ from bertpld.atomic import atomic_write_json
 from bertpld.config import PretrainConfig, load_config, parse_set, resolve_config_path
 from bertpld.data.reader import PretrainReader, load_manifest
 from bertpld.device import cpu_bf16_support, resolve_device, resolve_precision
-from bertpld.flops import step_flops
 from bertpld.phases import OTHER, PHASES, PhaseClock
-from bertpld.train import build_trainer, schedule_steps, train_step
+from bertpld.train import build_trainer, expected_step_flops, resolve_vocab, schedule_steps, train_step
 
 SHAPES = {
     "demo": ("demo", "data/demo", {}),
@@ -77,13 +76,14 @@ class Arm:
     def __init__(self, cfg: PretrainConfig) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.impl.device)
-        manifest = load_manifest(cfg.data.path)
-        cfg.model.vocab_size = cfg.model.vocab_size or int(manifest["vocab_size"])
+        resolve_vocab(cfg, load_manifest(cfg.data.path))
         reader = PretrainReader(
             cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, 0, 1
         )
         self.precision = resolve_precision(cfg.impl.precision, self.device)
         self.trainer = build_trainer(cfg, self.device, self.precision.dtype, reader, schedule_steps(cfg))
+        # a step with every block dropped: embeddings and heads, on the data's mean real tokens
+        self.nonblock_flops = expected_step_flops(cfg, 0, reader.mean_tokens_per_sequence())
         self.rounds: list[dict] = []
 
     def run(self, steps: int) -> None:
@@ -105,20 +105,11 @@ class Arm:
             "step_ms": 1e3 * sum(clock.steps) / steps,
             "phases_ms": {k: 1e3 * clock.totals.get(k, 0.0) / steps for k in [*PHASES, OTHER]},
             "flops_per_step": flops,
-            "nonblock_flops_per_step": self.nonblock_flops(),
+            "nonblock_flops_per_step": self.nonblock_flops,
             "blocks_kept": kept,
         }
-        self.trainer.meter.blocks_sum = blocks0  # leave the meter as a run would (no row written here)
         self.rounds.append(result)
         return result
-
-    def nonblock_flops(self) -> float:
-        """FLOPs of a step with every block dropped (embeddings, heads): same batch shapes."""
-        cfg = self.cfg
-        G, T = cfg.train.global_batch_size, cfg.data.max_seq_len
-        tokens = G * self.trainer.reader.mean_tokens_per_sequence() if cfg.impl.unpad else None
-        preds = G * (cfg.data.predictions_per_seq)
-        return step_flops(cfg.model, G, T, 0, preds, cfg.data.objective == "mlm+nsp", tokens=tokens)
 
     def median(self) -> dict:
         """Each quantity's median over the rounds (time per FLOP: the median of the rounds' own)."""
@@ -150,7 +141,14 @@ def table(arms: dict[str, dict]) -> str:
 
 def side_by_side(paths: list[str]) -> str:
     """A markdown table of several profiles' JSON (e.g. before and after a change): ms per step."""
-    runs = [(Path(p).stem, json.loads(Path(p).read_text())) for p in paths]
+    runs = []
+    for p in paths:
+        try:
+            runs.append((Path(p).stem, json.loads(Path(p).read_text())))
+        except (OSError, json.JSONDecodeError) as e:
+            sys.exit(f"error: {p}: not a profile_step JSON ({e})")
+        if not isinstance(runs[-1][1].get("arms"), dict):
+            sys.exit(f"error: {p}: no 'arms' object; expected the --json output of scripts/profile_step.py")
     cols = [(name, a) for name, run in runs for a in run["arms"]]
     lines = [
         "| phase | " + " | ".join(f"{a} {name}" for name, a in cols) + " |",
@@ -213,6 +211,11 @@ def main() -> None:
     if args.table:
         print(side_by_side(args.table))
         return
+    unknown = [a for a in args.arms.split(",") if a not in ARMS]
+    if unknown:
+        sys.exit(
+            f"error: --arms: {', '.join(unknown)} unknown; expected a comma-separated list of {', '.join(ARMS)}"
+        )
     data = args.data or SHAPES[args.shape][1]
     if not (Path(data) / "manifest.json").is_file():
         sys.exit(f"{data}: no prepared data (see --help for the bertpld prepare command)")
