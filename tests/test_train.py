@@ -545,3 +545,50 @@ def test_a_resumed_run_keeps_the_precision_it_started_in(data: Path, tmp_path: P
     now = D.resolve_precision("auto", torch.device("cpu"))
     assert now.name == "bf16"
     assert _resumed_precision(meta.parent, cfg, now, torch.device("cpu")).name == "fp32"
+
+
+def test_the_trainer_is_a_plain_loop_bit_for_bit(data: Path, tmp_path: Path) -> None:
+    """The trainer's units (train_step and the rest) against a nanoGPT-style loop written here from
+    the public pieces, at the defaults a user gets first (precision auto: bf16 on a CPU with native
+    bf16, fused AdamW, padding removal, dropout, accumulation 2, MLM + NSP): the same losses and
+    weights, bit for bit. A reordered or skipped piece of the step (seeding, loss scaling, clip,
+    lr, zeroing) breaks it."""
+    from bertpld.data.reader import PretrainReader
+    from bertpld.device import resolve_precision
+    from bertpld.model import BertForPreTraining, token_index
+    from bertpld.optim import build_optimizer, lr_multiplier
+
+    steps = 3
+    cfg = make_cfg(data, train={"max_steps": steps, "eval_every": 0, "save_every": 0})
+    pretrain(cfg, tmp_path / "run")
+    logged = [r["loss"] for r in rows(tmp_path / "run") if "grad_norm" in r]
+
+    cfg = make_cfg(data, train={"max_steps": steps})
+    cfg.model.vocab_size = 400
+    dtype = resolve_precision(cfg.impl.precision, torch.device("cpu")).dtype
+    torch.manual_seed(cfg.train.seed)
+    model = BertForPreTraining(cfg.model, nsp=True)
+    opt = build_optimizer(model, cfg.train, fused=cfg.impl.fused_optimizer)
+    torch.manual_seed(cfg.train.seed + 1)  # dropout
+    micro = cfg.impl.micro_batch_size
+    batches = iter(PretrainReader(data, cfg.data, "train", micro, cfg.train.seed, 0, 1))
+    accum = cfg.train.global_batch_size // micro
+    losses = []
+    for step in range(steps):
+        model.train()
+        total = torch.zeros((), dtype=torch.float32)
+        for _ in range(accum):
+            b = next(batches)
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                out = model(**b, token_index=token_index(b["attention_mask"]))
+            (out.loss / accum).backward()
+            total += out.loss.detach().float()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        for group in opt.param_groups:
+            group["lr"] = cfg.train.lr * lr_multiplier(step, cfg.train, steps)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(total.double() / accum))
+    assert logged == losses
+    saved = checkpoint.load_model_weights(checkpoint.latest_checkpoint(tmp_path / "run"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
