@@ -8,7 +8,7 @@
 
 A checkpoint is written into a temporary directory that is renamed into place, so a crash during
 the write leaves the previous checkpoint as the latest usable one. The gate generator needs no
-state of its own: gates are a pure function of (seed, step, micro-step).
+state of its own: gates are a pure function of (seed, step).
 """
 
 from __future__ import annotations

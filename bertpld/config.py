@@ -4,7 +4,7 @@ Each command takes one top-level config (`PrepareConfig`, `PretrainConfig`, `Fin
 sections. Values are resolved in this order, later winning:
 
 1. the defaults below;
-2. a TOML config file (`configs/NAME.toml`), which holds only what differs;
+2. a TOML config file (a path, or NAME for the shipped `configs/NAME.toml`), which holds only what differs;
 3. generic overrides, ``--set section.field=value`` (repeatable);
 4. the dedicated command-line options (``--max-steps``, ``--pld`` ...).
 
@@ -19,6 +19,7 @@ The resolved config is written as JSON into every output directory.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import math
 import tomllib
@@ -30,7 +31,19 @@ from typing import Any
 
 from bertpld.errors import BertpldError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> Path:
+    """The shipped configs: the top-level configs/, installed as the package `bertpld.configs`
+    (pyproject.toml maps it, so it travels in wheels and sdists and an editable install points back to
+    it); a checkout used without installing (only on PYTHONPATH) reads configs/ next to the package."""
+    try:
+        configs = importlib.resources.files("bertpld.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+    return Path(str(configs))  # a pathlib.Path already, for any install on the file system
+
+
+CONFIG_DIR = _config_dir()
 
 
 class ConfigError(BertpldError):
@@ -216,8 +229,9 @@ class TrainConfig:
     """Steps the lr schedule and the PLD gamma rule span (0: derived from max_steps/max_samples/max_flops)."""
     eval_every: int = 100
     """Compute validation loss every this many steps (and at the end; 0: only at the end)."""
-    eval_batches: int = 20
-    """Validation micro-batches per evaluation (fixed masks, full depth)."""
+    eval_sequences: int = 640
+    """Validation sequences per evaluation: the first this many of the split (0: all of it), with
+    fixed masks, at full depth; the same whatever the micro-batch and the number of ranks."""
     save_every: int = 500
     """Write a checkpoint every this many steps (and at the end; 0: only at the end)."""
     keep_checkpoints: int = 2
@@ -228,7 +242,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.global_batch_size < 1:
             _fail("train.global_batch_size", self.global_batch_size, "a positive integer")
-        for name in ("max_steps", "max_samples", "total_steps", "eval_every", "save_every"):
+        for name in ("max_steps", "max_samples", "total_steps", "eval_every", "save_every", "eval_sequences"):
             if getattr(self, name) < 0:
                 _fail(f"train.{name}", getattr(self, name), "an integer >= 0")
         for name in ("max_flops", "time_budget", "target_val_loss", "weight_decay", "grad_clip", "warmup"):
@@ -241,13 +255,15 @@ class TrainConfig:
             _unit("train.betas", b, closed_right=False)
         _positive("train.eps", self.eps)
         _choice("train.schedule", self.schedule, ("linear", "cosine", "exp", "constant"))
-        for name in ("eval_batches", "keep_checkpoints", "log_every"):
+        for name in ("keep_checkpoints", "log_every"):
             _positive(f"train.{name}", getattr(self, name))
 
 
 @dataclass
 class ImplConfig:
-    """Settings that change speed and memory only, never the maths."""
+    """How a run computes. device, compile, fused_optimizer and threads change speed only;
+    micro_batch_size changes float rounding (and dropout masks); precision and unpad change the
+    numbers. See train.RESUMABLE_CHANGES / SPEED_ONLY_ON_RESUME for what a resumed run may change."""
 
     device: str = "auto"
     """'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'."""
@@ -526,6 +542,10 @@ RUN_FIELDS_ADDED: dict[str, Any] = {
     "train.max_flops": lambda saved: 0.0,
     "data.val_mask_prob": lambda saved: saved.get("data", {}).get("mask_prob", 0.15),
     "data.shuffle_window_tokens": lambda saved: 1 << 26,
+    # validation was counted in micro-batches (train.eval_batches, default 20)
+    "train.eval_sequences": lambda saved: (
+        saved["train"].pop("eval_batches", 20) * saved.get("impl", {}).get("micro_batch_size", 32)
+    ),
 }
 
 

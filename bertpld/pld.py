@@ -1,14 +1,16 @@
 """Progressive Layer Dropping as pure functions: schedule, keep probabilities, gate sampling.
 
-Nothing here holds state: theta is a function of the optimizer step, and the gates of a
-micro-batch are a function of (seed, step, micro_step). A resumed run therefore draws exactly
-the gates of an uninterrupted one, and every data-parallel rank draws the same gates without
-communicating. The encoder (`bertpld.model.Encoder`) is the only consumer.
+Nothing here holds state: theta is a function of the optimizer step, and the gates of a step are
+a function of (seed, step). A resumed run therefore draws exactly the gates of an uninterrupted
+one, every data-parallel rank draws the same gates without communicating, and the gate stream
+does not depend on the world size or the micro-batch: every micro-batch of a step, on every rank,
+runs the step's gates (docs/METHOD.md, "Gates per step"). The encoder (`bertpld.model.Encoder`)
+is the only consumer.
 
 Typical use in a training step (see `layer_gates`)::
 
     t = theta(step, cfg.pld.theta_bar, resolve_gamma(cfg.pld, total_steps))
-    gates, scales = layer_gates(t, num_layers, cfg.pld.variant, seed, step, micro_step)
+    gates, scales = layer_gates(t, num_layers, cfg.pld.variant, seed, step)
     out = model(..., gates=gates, keep_probs=scales)
 """
 
@@ -78,25 +80,28 @@ def expected_blocks(theta: float, num_layers: int, variant: str = "paper") -> fl
     return sum(sample_probs(theta, num_layers, variant))
 
 
-def _generator(seed: int, step: int, micro_step: int) -> torch.Generator:
-    # sha256, not hash(): Python's string hash is salted per process, and ranks must agree.
-    digest = hashlib.sha256(f"bertpld-pld:{seed}:{step}:{micro_step}".encode()).digest()
+def _generator(seed: int, step: int) -> torch.Generator:
+    # sha256, not hash(): Python's string hash is salted per process, and ranks must agree. (The
+    # ':0' ends the key as it did when gates were drawn per micro-step: a run of one micro-step
+    # per step draws the gates it drew then.)
+    digest = hashlib.sha256(f"bertpld-pld:{seed}:{step}:0".encode()).digest()
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def sample_gates(probs: Sequence[float], seed: int, step: int, micro_step: int) -> list[bool]:
+def sample_gates(probs: Sequence[float], seed: int, step: int) -> list[bool]:
     """One Bernoulli(probs[l]) gate per block, drawn on the CPU from a generator seeded by
-    (seed, step, micro_step): identical on every rank and after resume, never a device sync.
+    (seed, step): identical on every rank and after resume, never a device sync.
 
     Pass `sample_probs(...)` here (for the 'paper' variant it equals `keep_probs(...)`).
     """
-    u = torch.rand(len(probs), generator=_generator(seed, step, micro_step), dtype=torch.float64)
+    u = torch.rand(len(probs), generator=_generator(seed, step), dtype=torch.float64)
     return [bool(x < p) for x, p in zip(u.tolist(), probs)]
 
 
 def layer_gates(
-    theta: float, num_layers: int, variant: str, seed: int, step: int, micro_step: int
+    theta: float, num_layers: int, variant: str, seed: int, step: int
 ) -> tuple[list[bool], list[float]]:
-    """(gates, keep_probs) for one micro-batch, ready for `model(..., gates=, keep_probs=)`."""
-    gates = sample_gates(sample_probs(theta, num_layers, variant), seed, step, micro_step)
+    """(gates, keep_probs) for the micro-batches of optimizer step `step`, ready for
+    `model(..., gates=, keep_probs=)`."""
+    gates = sample_gates(sample_probs(theta, num_layers, variant), seed, step)
     return gates, keep_probs(theta, num_layers, variant)

@@ -3,8 +3,10 @@
 `pretrain(cfg, out)` sets up the run directory and runs one explicit loop over optimizer steps:
 
     stop?        steps / samples / FLOPs / wall-clock budget / target validation loss / signal
-    train_step   `accum` times: next_micro_batch, the PLD gates (from (seed, step, micro-step),
-                 identical on every rank), forward_backward_step (skipped blocks run nothing);
+    train_step   the PLD gates of the step (from (seed, step), identical on every rank and for
+                 every micro-batch); `accum` times next_micro_batch (this rank's share of the
+                 global batch); then forward_backward_step per micro-batch, weighted by its part
+                 of the global batch's mean loss (skipped blocks run nothing);
                  then the gradient reduction (several ranks: buckets launched while the last
                  micro-step's backward runs, see bertpld.distributed.GradientReducer) and
                  optimizer_step (unscale for fp16, clip, lr schedule, step)
@@ -34,7 +36,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -64,8 +66,12 @@ from bertpld.phases import phase
 RESUMABLE_CHANGES = ("train.max_steps", "train.max_samples", "train.max_flops", "train.time_budget")
 RESUMABLE_CHANGES += ("train.target_val_loss",)
 RESUMABLE_CHANGES += ("train.eval_every", "train.save_every", "train.keep_checkpoints", "train.log_every")
-# impl.* settings that may change on resume. The micro-batch size decides how many gate draws a
-# step makes, and fp16 carries grad-scaler state, so those two must stay as they were.
+# How a step's global batch is cut into micro-batches (like the number of ranks, which is not a
+# setting) may change too: every step still trains on the same sequences with the same gates and
+# the same loss; only float rounding and each rank's dropout stream differ (README, "Determinism").
+RESUMABLE_CHANGES += ("impl.micro_batch_size",)
+# impl.* settings that change only speed, never the numbers. impl.precision and impl.unpad change
+# the numbers, so they must stay as they were (fp16 also carries grad-scaler state).
 SPEED_ONLY_ON_RESUME = ("impl.device", "impl.compile", "impl.fused_optimizer", "impl.threads")
 
 
@@ -145,7 +151,9 @@ def build_trainer(
     reducer = dist.GradientReducer(model.parameters())
     counters = Counters()
     if ckpt is not None:
-        counters = _restore(ckpt, model, optimizer, scaler, reader, rank, world, cfg.train.seed)
+        counters = _restore(
+            ckpt, model, optimizer, scaler, reader, rank, world, cfg.train.seed, cfg.impl.micro_batch_size
+        )
     return Trainer(
         cfg=cfg,
         device=device,
@@ -169,49 +177,75 @@ def build_trainer(
 
 
 def train_step(tr: Trainer) -> tuple[float, torch.Tensor, str]:
-    """One optimizer step: `accum` micro-steps, gradient reduction, clip and optimizer step.
+    """One optimizer step on the global batch: this rank's share of it in `accum` micro-steps, the
+    gradient reduction, clip and optimizer step.
+
+    The step's loss is the global batch's: the MLM loss summed over every labelled slot of every
+    rank's micro-batches, divided by their number (and NSP's over the G sequences), whatever the
+    world size and micro-batch. PLD's gates are drawn once per optimizer step, from (seed, step):
+    the whole global batch runs the same sub-network (docs/METHOD.md, "Gates per step").
 
     Returns (theta, grad_norm, failure); a failure (a non-finite gradient seen on the host) means
     the step was not taken and the parameters are those of the last good step."""
     cfg, c = tr.cfg, tr.counters
     tr.model.train()
     with phase("gates"):
-        theta = pld.theta(c.step, cfg.pld.theta_bar, tr.gamma) if cfg.pld.enabled else 1.0
-    flops = 0.0
-    for micro in range(tr.accum):
-        batch, tokens = next_micro_batch(tr)
-        with phase("gates"):
-            gates = keep = None
-            if cfg.pld.enabled:
-                gates, keep = pld.layer_gates(
-                    theta, cfg.model.num_layers, cfg.pld.variant, cfg.train.seed, c.step, micro
-                )
-        outputs = forward_backward_step(tr, batch, gates, keep, last=micro == tr.accum - 1)
+        theta, gates, keep = 1.0, None, None
+        if cfg.pld.enabled:
+            theta = pld.theta(c.step, cfg.pld.theta_bar, tr.gamma)
+            gates, keep = pld.layer_gates(
+                theta, cfg.model.num_layers, cfg.pld.variant, cfg.train.seed, c.step
+            )
+        blocks = cfg.model.num_layers if gates is None else sum(gates)
+    share = [next_micro_batch(tr) for _ in range(tr.accum)]  # this rank's share of the step
+    with phase("bookkeeping"):
+        # the step's labelled MLM slots and executed FLOPs over every rank: one host all-reduce
+        # (the side group, like the stop agreement; nothing on the GPU)
+        local = [
+            sum(m.predictions for m in share),
+            sum(micro_step_flops(cfg, m.batch, blocks) for m in share),
+        ]
+        predictions, flops = dist.all_reduce_sum_host(torch.tensor(local, dtype=torch.float64)).tolist()
+        predictions = max(predictions, 1.0)
+    for k, m in enumerate(share):
+        # this micro-batch's part of the global mean: the reducer averages over ranks, so x world
+        mlm_w = m.predictions / predictions
+        nsp_w = m.batch["input_ids"].shape[0] / cfg.train.global_batch_size
+        world = dist.world_size()
+        outputs = forward_backward_step(
+            tr, m.batch, gates, keep, (world * mlm_w, world * nsp_w), last=k == tr.accum - 1
+        )
         with phase("bookkeeping"):
-            blocks = cfg.model.num_layers if gates is None else sum(gates)
-            tr.meter.add(outputs, batch, tokens, blocks)
-            flops += micro_step_flops(cfg, batch, blocks)
+            tr.meter.add(outputs, m.batch, m.tokens, (mlm_w, nsp_w))
     with phase("reduce"):
         tr.reducer.finish()
     with phase("optimizer"):
         grad_norm, failure = optimizer_step(tr)
+    tr.meter.step(blocks)  # a failed step's losses are logged too (the last row shows them)
     if failure:
         return theta, grad_norm, failure
     with phase("bookkeeping"):
         c.step += 1
         c.samples += cfg.train.global_batch_size
-        # each rank's micro-batches hold their own number of real tokens: sum what every rank ran
-        # (one scalar over the host side group, like the stop agreement; nothing on the GPU)
-        c.flops += float(dist.all_reduce_sum_host(torch.tensor([flops], dtype=torch.float64)))
+        c.flops += flops
     return theta, grad_norm, ""
 
 
-def next_micro_batch(tr: Trainer) -> tuple[dict[str, torch.Tensor], int]:
-    """The next micro-batch of this rank's stream on the device, and its real-token count."""
+class MicroBatch(NamedTuple):
+    batch: dict[str, torch.Tensor]  # on the device
+    tokens: int  # real tokens
+    predictions: int  # labelled MLM slots
+
+
+def next_micro_batch(tr: Trainer) -> MicroBatch:
+    """The next micro-batch of this rank's stream on the device, with its counts (taken on the
+    CPU batch: no device sync)."""
     with phase("data"):
         batch = _with_token_index(next(tr.batches), tr.cfg)
-        tokens = int(batch["attention_mask"].sum())  # on the CPU batch: no device sync
-        return {k: v.to(tr.device, non_blocking=True) for k, v in batch.items()}, tokens
+        tokens = int(batch["attention_mask"].sum())
+        predictions = int((batch["mlm_labels"] != -100).sum())
+        on_device = {k: v.to(tr.device, non_blocking=True) for k, v in batch.items()}
+        return MicroBatch(on_device, tokens, predictions)
 
 
 def forward_backward_step(
@@ -219,17 +253,21 @@ def forward_backward_step(
     batch: dict[str, torch.Tensor],
     gates: list[bool] | None,
     keep: list[float] | None,
+    weights: tuple[float, float],
     last: bool,
 ) -> PretrainOutput:
-    """Forward (its phases are the model's) and backward of one micro-batch; on the last micro-step
-    of several ranks, the reducer learns which gradients to expect (it starts reducing them as
-    backward produces them)."""
+    """Forward (its phases are the model's) and backward of one micro-batch, its MLM and NSP losses
+    weighted by `weights`; on the last micro-step of several ranks, the reducer learns which
+    gradients to expect (it starts reducing them as backward produces them)."""
     with torch.autocast(tr.device.type, dtype=tr.precision, enabled=tr.precision != torch.float32):
         outputs = tr.model(**batch, gates=gates, keep_probs=keep)
     if last and tr.reducer.distributed:
         tr.reducer.expect(tr.model.reached_parameters(gates))
     with phase("backward"):
-        tr.scaler.scale(outputs.loss / tr.accum).backward()
+        loss = weights[0] * outputs.mlm_loss
+        if outputs.nsp_loss is not None:
+            loss = loss + weights[1] * outputs.nsp_loss
+        tr.scaler.scale(loss).backward()
     return outputs
 
 
@@ -280,29 +318,39 @@ class Meter:
 
     def __init__(self, device: torch.device, nsp: bool, c: Counters) -> None:
         self.nsp = nsp
-        self.loss_sums = torch.zeros(len(LOSS_TERMS), device=device)  # LOSS_TERMS over micro-steps
+        # LOSS_TERMS of each step's global batch, summed over steps (this rank's parts of them)
+        self.loss_sums = torch.zeros(len(LOSS_TERMS), device=device)
         self.nonfinite = torch.zeros((), device=device)  # optimizer steps skipped on the device
-        self.loss_count = self.tokens = self.blocks_sum = self.blocks_count = 0
+        self.steps = self.tokens = self.blocks_sum = 0
         self.last = (c.wall_s, c.tokens, c.flops)  # counters at the last row
         self.train: dict[str, float] = {}  # the latest logged training losses
 
-    def add(self, outputs: PretrainOutput, batch: dict[str, torch.Tensor], tokens: int, blocks: int) -> None:
-        self.loss_sums += loss_terms(outputs, batch)
-        self.loss_count += 1
+    def add(
+        self,
+        outputs: PretrainOutput,
+        batch: dict[str, torch.Tensor],
+        tokens: int,
+        weights: tuple[float, float],
+    ) -> None:
+        """A micro-batch's losses, weighted by its part of the global batch's means (MLM, NSP)."""
+        self.loss_sums += loss_terms(outputs, batch, weights)
         self.tokens += tokens
+
+    def step(self, blocks: int) -> None:
+        """A step was taken, running `blocks` blocks."""
+        self.steps += 1
         self.blocks_sum += blocks
-        self.blocks_count += 1
 
     def row(
         self, c: Counters, theta: float, lr: float, grad_norm: torch.Tensor | None, peak: float | None
     ) -> dict[str, Any]:
         """The metrics row of step `c.step` (adds this rank's pending tokens to the counters)."""
-        counts = torch.tensor([self.loss_count, self.tokens], dtype=torch.float64)
+        counts = torch.tensor([self.tokens], dtype=torch.float64)
         stats = dist.all_reduce_sum_host(torch.cat([self.loss_sums.double().cpu(), counts]))
         c.tokens += int(stats[-1])
-        if stats[-2]:
+        if self.steps:
             terms = LOSS_TERMS if self.nsp else LOSS_TERMS[:2]
-            self.train.update({k: float(stats[i] / stats[-2]) for i, k in enumerate(terms)})
+            self.train.update({k: float(stats[i] / self.steps) for i, k in enumerate(terms)})
         dt = c.wall_s - self.last[0]
         row = {
             "step": c.step,
@@ -311,7 +359,7 @@ class Meter:
             **self.train,
             "lr": lr,
             "theta": theta,
-            "blocks_kept": self.blocks_sum / max(self.blocks_count, 1),
+            "blocks_kept": self.blocks_sum / max(self.steps, 1),
             "flops": c.flops,
             "wall_s": c.wall_s,
             "tokens_per_s": (c.tokens - self.last[1]) / dt if dt > 0 else 0.0,
@@ -322,7 +370,7 @@ class Meter:
             # executed FLOPs since the last row, per second, per GPU, over the GPU's peak
             row["mfu"] = (c.flops - self.last[2]) / dt / (peak * dist.world_size())
         self.loss_sums.zero_()
-        self.loss_count = self.tokens = self.blocks_sum = self.blocks_count = 0
+        self.steps = self.tokens = self.blocks_sum = 0
         self.last = (c.wall_s, c.tokens, c.flops)
         return row
 
@@ -340,13 +388,23 @@ def _pretrain(
     held: contextlib.ExitStack,
 ) -> dict[str, Any]:
     rank, world = dist.rank(), dist.world_size()
-    if cfg.impl.threads:
-        torch.set_num_threads(cfg.impl.threads)
+    # Always set, also to torch's default: MKL then stops choosing its thread count per call
+    # (torch.set_num_threads turns MKL's dynamic mode off), which made a resumed run differ from
+    # an uninterrupted one in the last digits now and then (README, "Determinism").
+    torch.set_num_threads(cfg.impl.threads or torch.get_num_threads())
     manifest = load_manifest(cfg.data.path)
     resolve_vocab(cfg, manifest)
+    _fit_micro_batch(cfg, world)
     accum = micro_steps_per_step(cfg, world)
     reader = PretrainReader(
-        cfg.data.path, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed, rank, world
+        cfg.data.path,
+        cfg.data,
+        "train",
+        cfg.impl.micro_batch_size,
+        cfg.train.seed,
+        rank,
+        world,
+        cfg.train.global_batch_size,
     )
     tokens_per_seq = reader.mean_tokens_per_sequence()
     total_steps = schedule_steps(cfg, tokens_per_seq)
@@ -432,18 +490,20 @@ def _pretrain(
             progress.close()
 
     # --- the end: checkpoint first (a signal may be followed by a kill), then final evaluation --
-    final_row = _log_row(tr, theta, None, peak) if tr.meter.loss_count else None
+    final_row = _log_row(tr, theta, None, peak) if tr.meter.steps else None
     if counters.step > 0 and saved_step != counters.step:
         _save(out, cfg, tr, prec, writer.error if writer else "")
     evaluated = cfg.train.eval_every and counters.step % cfg.train.eval_every == 0
     if counters.step > 0 and not evaluated:
         last_val = _evaluate_into(counters, tr.model, cfg, device, tr.precision)
-        final_row = final_row or {**_minimal_row(counters), **tr.meter.train}
-        final_row.update(last_val)
+        if final_row is not None:
+            final_row.update(last_val)
+        elif writer is not None:  # the last step's row is written: the evaluation joins it
+            writer.amend_last(_minimal_row(counters), last_val)
     if final_row is not None and writer is not None:
         writer.write(final_row)
-        if writer.error:
-            raise BertpldError(writer.error)
+    if writer is not None and writer.error:
+        raise BertpldError(writer.error)
     summary = _summary(counters, total_steps, tr.meter.train, last_val, reason)
     if writer is not None:
         writer.close()
@@ -490,35 +550,38 @@ def _summary(
 LOSS_TERMS = ("loss", "mlm_loss", "nsp_loss", "nsp_acc")
 
 
-def loss_terms(outputs: PretrainOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """LOSS_TERMS of one micro-batch as a device tensor (zeros for NSP without it): no host sync."""
-    zero = outputs.mlm_loss.new_zeros(())
-    nsp_loss, nsp_acc = zero, zero
+def loss_terms(
+    outputs: PretrainOutput, batch: dict[str, torch.Tensor], weights: tuple[float, float] = (1.0, 1.0)
+) -> torch.Tensor:
+    """LOSS_TERMS of one micro-batch as a device tensor (zeros for NSP without it), the MLM loss
+    times weights[0] and the NSP terms times weights[1]: no host sync."""
+    mlm_loss = outputs.mlm_loss.detach().float() * weights[0]
+    nsp_loss = nsp_acc = torch.zeros_like(mlm_loss)
     if outputs.nsp_loss is not None:
-        nsp_loss = outputs.nsp_loss
-        nsp_acc = (outputs.nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean()
-    return torch.stack([outputs.loss, outputs.mlm_loss, nsp_loss, nsp_acc]).detach().float()
+        nsp_loss = outputs.nsp_loss.detach().float() * weights[1]
+        nsp_acc = (outputs.nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean() * weights[1]
+    return torch.stack([mlm_loss + nsp_loss, mlm_loss, nsp_loss, nsp_acc])
 
 
 @torch.no_grad()
 def evaluate(
     model: BertForPreTraining, cfg: PretrainConfig, device: torch.device, precision: torch.dtype
 ) -> dict[str, float]:
-    """Validation losses at full depth with fixed masks, the same batches whatever the world size.
+    """Validation losses at full depth with fixed masks over the first train.eval_sequences
+    sequences of the validation split, whatever the world size and micro-batch.
 
-    Returns val_mlm_loss (mean over every masked token), for NSP also val_nsp_loss and
-    val_nsp_acc (mean over sequences), and val_loss = val_mlm_loss + val_nsp_loss. Every rank
-    reads the same validation stream and computes every world_size-th batch; the sums are
-    reduced, so the result does not depend on how many ranks there are.
+    Returns val_mlm_loss (mean over every masked token of those sequences), for NSP also
+    val_nsp_loss and val_nsp_acc (mean over sequences), and val_loss = val_mlm_loss +
+    val_nsp_loss. Every rank reads the same validation stream and computes every world_size-th
+    micro-batch; the sums are reduced, so only float rounding depends on how the work is cut.
     """
     model.eval()
     rank, world = dist.rank(), dist.world_size()
-    reader = PretrainReader(cfg.data.path, cfg.data, "val", cfg.impl.micro_batch_size, cfg.train.seed, 0, 1)
+    micro, seed, limit = cfg.impl.micro_batch_size, cfg.train.seed, cfg.train.eval_sequences
+    reader = PretrainReader(cfg.data.path, cfg.data, "val", micro, seed, 0, 1, max_sequences=limit)
     # MLM loss sum, MLM predictions, NSP loss sum, NSP correct, sequences
     total = torch.zeros(5, dtype=torch.float64, device=device)
     for i, batch in enumerate(reader):
-        if i >= cfg.train.eval_batches:
-            break
         if i % world != rank:
             continue
         batch = {k: v.to(device, non_blocking=True) for k, v in _with_token_index(batch, cfg).items()}
@@ -557,6 +620,18 @@ def _evaluate_into(counters: Counters, model, cfg, device, precision) -> dict[st
 
 # ---------------------------------------------------------------------------------------------
 # Set-up helpers
+
+
+def _fit_micro_batch(cfg: PretrainConfig, world: int) -> None:
+    """A micro-batch larger than a rank's share of the global batch becomes the share (a run
+    started on one rank with micro-batch = global batch continues on more ranks as it is)."""
+    share, rest = divmod(cfg.train.global_batch_size, world)
+    if not rest and cfg.impl.micro_batch_size > share:
+        dist.print0(
+            f"pretrain: impl.micro_batch_size {cfg.impl.micro_batch_size} is more than a rank's share of "
+            f"the global batch ({cfg.train.global_batch_size} / {world} ranks): using {share}"
+        )
+        cfg.impl.micro_batch_size = share
 
 
 def micro_steps_per_step(cfg: PretrainConfig, world: int) -> int:
@@ -672,7 +747,8 @@ def _prepare_run_dir(
                 k, (a, b) = next(iter(refused.items()))
                 raise BertpldError(
                     f"--resume {out}: {k} was {a!r} in that run, now {b!r}; a resumed run may change only "
-                    "when it stops, logs and saves, and impl.device/compile/fused_optimizer/threads"
+                    "when it stops, logs and saves, its micro-batch and world size, "
+                    "and impl.device/compile/fused_optimizer/threads"
                 )
             old_cfg = config_from_dict(PretrainConfig, old)
             old_cfg.model.vocab_size = cfg.model.vocab_size  # as resolved from the same data
@@ -860,6 +936,7 @@ def _save(out: Path, cfg: PretrainConfig, tr: Trainer, precision: Precision, fai
             "rng": rngs,
             "reader": reader.state_dict(),  # a global position: the same on every rank
             "world_size": dist.world_size(),
+            "micro_batch_size": cfg.impl.micro_batch_size,
         }
         meta = {k: v for k, v in vars(counters).items() if not k.startswith("best_")}
         meta["precision"] = precision.name
@@ -894,24 +971,30 @@ def _resumed_precision(ckpt: Path, cfg: PretrainConfig, prec: Precision, device:
     return Precision(DTYPES[saved], f"resumed in the precision the run started in ({prec.reason} now)")
 
 
-def _restore(ckpt: Path, model, optimizer, scaler, reader, rank: int, world: int, seed: int) -> Counters:
-    """Load everything that shapes the future. On the world size the checkpoint was written with
-    the run continues bit for bit. On another one (with the same global batch) every optimizer step
-    still consumes the same sequences (the reader's stream does not depend on the world size);
-    what differs is each rank's dropout stream, re-seeded here from (seed, step, rank), and, with
-    PLD, the gate draws of micro-steps that now exist or no longer do."""
+def _restore(
+    ckpt: Path, model, optimizer, scaler, reader, rank: int, world: int, seed: int, micro: int
+) -> Counters:
+    """Load everything that shapes the future. On the world size and micro-batch the checkpoint
+    was written with, the run continues bit for bit. On others (the global batch is the same)
+    every optimizer step still trains on the same sequences with the same masks, PLD gates and
+    loss (see `train_step`); what differs is the float rounding of sums cut differently and each
+    rank's dropout stream, re-seeded here from (seed, step, rank)."""
     model.load_state_dict(checkpoint.load_model_weights(ckpt))
     state = checkpoint.load_training_state(ckpt)
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     saved = state["reader"]
-    reader.load_state_dict(saved[rank] if isinstance(saved, list) else saved)  # a list: before version 2
+    saved = saved[rank] if isinstance(saved, list) else saved  # a list: before version 2
+    reader.load_state_dict(saved)
     counters = Counters(**state["counters"])
-    if state["world_size"] == world:
+    # (checkpoints before the micro-batch was resumable: in the reader's state, or the same)
+    saved_micro = state.get("micro_batch_size", saved.get("micro_batch_size", micro))
+    if (state["world_size"], saved_micro) == (world, micro):
         checkpoint.set_rng_state(state["rng"][rank])
     else:
         dist.print0(
-            f"pretrain: {ckpt.name} was written by {state['world_size']} rank(s), continuing on {world}"
+            f"pretrain: {ckpt.name} was written by {state['world_size']} rank(s) with micro-batches of "
+            f"{saved_micro}, continuing on {world} with {micro}"
         )
         _seed_everything(seed * 1_000_003 + counters.step * 1009 + rank)
     return counters
@@ -944,6 +1027,7 @@ class _Writer:
 
         self.path = out / "metrics.jsonl"
         self.error = ""
+        self.last: dict[str, Any] | None = None  # the last row written by this process
         try:
             self.file = self.path.open("a")
         except OSError as e:
@@ -959,6 +1043,31 @@ class _Writer:
         except OSError as e:
             self.error = _write_failed(self.path, e)
             return
+        self.last = row
+        self._scalars(row)
+
+    def amend_last(self, row: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Add `extra` to the last row written if it is `row`'s step (metrics.jsonl keeps one row
+        per step; the file is rewritten whole, atomically); else write `row` with `extra`."""
+        if self.error:
+            return
+        step = row["step"]
+        if self.last is None or self.last["step"] != step:
+            self.write({**row, **extra})
+            return
+        try:
+            self.file.close()
+            lines = self.path.read_text().splitlines()
+            self.last = {**self.last, **extra}
+            lines[-1] = json.dumps(self.last)
+            atomic_write_text(self.path, "".join(line + "\n" for line in lines))
+            self.file = self.path.open("a")
+        except OSError as e:
+            self.error = _write_failed(self.path, e)
+            return
+        self._scalars({"step": step, **extra})
+
+    def _scalars(self, row: dict[str, Any]) -> None:
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
                 self.tb.add_scalar(f"pretrain/{k}", v, row["step"])

@@ -76,7 +76,7 @@ def bench(
         """One optimizer step; returns (blocks executed, communication time left after backward)."""
         gates = keep = None
         if mode == "pld":
-            gates, keep = pld.layer_gates(args.theta_bar, L, "paper", 0, step, 0)
+            gates, keep = pld.layer_gates(args.theta_bar, L, "paper", 0, step)
         elif mode == "heads":
             gates, keep = [False] * L, [1.0] * L
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):

@@ -99,7 +99,7 @@ class Arm:
             for _ in range(steps):
                 self.run(1)
                 clock.step()
-        kept = (self.trainer.meter.blocks_sum - blocks0) / (steps * self.trainer.accum)
+        kept = (self.trainer.meter.blocks_sum - blocks0) / steps
         flops = (c.flops - flops0) / steps
         result = {
             "step_ms": 1e3 * sum(clock.steps) / steps,

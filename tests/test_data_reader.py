@@ -188,6 +188,44 @@ def test_ranks_read_one_stream_whatever_the_world_size(data):
         assert _same(interleaved, single)
 
 
+def test_a_step_reads_the_same_sequences_whatever_the_world_and_micro_batch(data):
+    """Step s is the global batch at positions [sG, (s + 1)G): rank r takes the r-th share and cuts
+    it into micro-batches, so any world size and micro-batch reads the same sequences, masks included,
+    and a state saved by one layout resumes in another."""
+    G, steps = 24, 3
+
+    def step_batches(world: int, micro: int, state=None) -> list[list[dict]]:
+        ranks = [
+            _reader(data, batch=micro, seed=4, rank=r, world_size=world, global_batch_size=G)
+            for r in range(world)
+        ]
+        for r in ranks:
+            if state is not None:
+                r.load_state_dict(state)
+        accum = G // (world * micro)
+        per_rank = [_take(r, steps * accum) for r in ranks]
+        # a step: rank 0's micro-batches, then rank 1's, ...
+        out = [
+            [b for r in range(world) for b in per_rank[r][s * accum : (s + 1) * accum]] for s in range(steps)
+        ]
+        return out, ranks[0].state_dict()
+
+    def rows(batches: list[dict]) -> dict[str, torch.Tensor]:
+        return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+    reference, state = step_batches(1, 24)
+    for world, micro in ((1, 8), (2, 12), (2, 4), (3, 8), (4, 3)):
+        got, got_state = step_batches(world, micro)
+        assert got_state == state
+        for a, b in zip(reference, got):
+            assert all(torch.equal(rows(a)[k], rows(b)[k]) for k in rows(a)), (world, micro)
+    ahead, _ = step_batches(1, 24, state)
+    for world, micro in ((2, 6), (3, 4)):
+        got, _ = step_batches(world, micro, state)  # resumed in another layout
+        for a, b in zip(ahead, got):
+            assert all(torch.equal(rows(a)[k], rows(b)[k]) for k in rows(a)), (world, micro)
+
+
 def test_an_epoch_reads_every_instance_once_in_windows_of_shards(data):
     small = DataConfig(objective="mlm+nsp", max_seq_len=T, shuffle_window_tokens=60_000)
     r = PretrainReader(data, small, "train", 16, seed=3)
@@ -205,6 +243,20 @@ def test_an_epoch_reads_every_instance_once_in_windows_of_shards(data):
     from bertpld.data.instances import concat_instances
 
     assert key(inst) == key(concat_instances(per_shard)) and len(inst) == sum(sizes)
+    # each window is read in a random order of its shards' instances, not shard after shard
+    for i, w in enumerate(plan):
+        built = concat_instances([r._shard_instances(0, int(s)) for s in w])  # shard after shard
+        read = r._window_instances(0, i)
+        place = {k: j for j, k in enumerate(zip(built.shard.tolist(), built.a_start.tolist()))}
+        assert len(place) == len(built) == len(read) > 500  # (shard, a_start) names an instance
+        order = np.array([place[k] for k in zip(read.shard.tolist(), read.a_start.tolist())])
+        assert sorted(order.tolist()) == list(range(len(read)))  # the same instances, each once
+        assert abs(np.corrcoef(order, np.arange(len(read)))[0, 1]) < 0.2  # ... in no trace of that order
+        if len(w) > 1:  # the shards are mixed from the start: each has about its share of the first tenth
+            head = read.shard[: len(read) // 10]
+            for s in w:
+                share = (built.shard == s).mean()
+                assert abs((head == s).mean() - share) < 0.15, (i, s)
     # the stream crosses from window to window and into the next epoch without a gap
     n = sum(sizes)
     it = iter(r)
@@ -242,7 +294,7 @@ def test_resume_refuses_an_incompatible_state(data):
     state = r.state_dict()
     with pytest.raises(BertpldError, match=r"^data reader state: seed was 1, now 2; cannot resume$"):
         _reader(data, seed=2).load_state_dict(state)
-    with pytest.raises(BertpldError, match=r"position 48 is not a whole number of batches of 16 x 2 ranks"):
+    with pytest.raises(BertpldError, match=r"position 48 is not a whole number of steps of 32 sequences"):
         _reader(data, seed=1, world_size=2).load_state_dict(state)
     old = {"split": "train", "seed": 1, "rank": 0, "world_size": 1, "epoch": 0, "position": 48}
     with pytest.raises(BertpldError, match="written by an older bertpld"):
@@ -320,12 +372,44 @@ def test_checksums_are_verified_once_per_data_directory(data, tmp_path, monkeypa
 
 
 def test_a_read_only_data_directory_is_verified_per_process(data, tmp_path, monkeypatch):
+    """Where .verified.json cannot be written, readers still read: each process hashes every shard
+    once and remembers it, and a shard changed since is still caught."""
     import bertpld.data.reader as R
     import bertpld.data.shards as S
 
-    monkeypatch.setattr(R, "_verified", {})
-    monkeypatch.setattr(S, "atomic_write_json", lambda *a: (_ for _ in ()).throw(PermissionError(13, "ro")))
-    assert _take(_reader(data), 1)  # no record can be written: still reads
+    ro = tmp_path / "ro"
+    shutil.copytree(data, ro)
+    (ro / S.VERIFIED).unlink()  # (prepare leaves a record: with it, nothing is hashed or written)
+    shards = sorted(rec["path"] for rec in load_manifest(ro)["splits"]["train"]["shards"])
+    writes, hashed, sha256_file = [], [], R.sha256_file
+
+    def refuse(path, *args, **kwargs):  # a read-only directory
+        writes.append(Path(path).name)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    def counting_sha256(path, *args, **kwargs):
+        hashed.append(Path(path).relative_to(ro).as_posix())
+        return sha256_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(R, "_verified", {})  # a fresh process
+    monkeypatch.setattr(S, "atomic_write_json", refuse)
+    monkeypatch.setattr(R, "sha256_file", counting_sha256)
+    assert _take(_reader(ro), 1)  # the record cannot be written: still reads
+    assert writes == [S.VERIFIED] and not (ro / S.VERIFIED).exists()  # it was tried, and failed
+    assert sorted(hashed) == shards  # every train shard hashed, once
+    assert _take(_reader(ro), 1) and sorted(hashed) == shards  # this process remembers them
+    assert set(writes) == {S.VERIFIED} and not (ro / S.VERIFIED).exists()
+    monkeypatch.setattr(R, "_verified", {})  # the next process hashes them again
+    assert _take(_reader(ro), 1) and sorted(hashed) == sorted(shards * 2)
+    first = ro / shards[0]  # ... and still finds a shard changed since
+    middle = first.stat().st_size // 2
+    with open(first, "r+b") as f:
+        f.seek(middle)
+        byte = f.read(1)[0]
+        f.seek(middle)
+        f.write(bytes([byte ^ 1]))
+    with pytest.raises(BertpldError, match=rf"{shards[0]}: checksum mismatch with manifest.json"):
+        _reader(ro)
 
 
 def test_load_manifest_errors(tmp_path):

@@ -1,23 +1,30 @@
 """Prepared shards -> batches for pre-training (the contract is in docs/DESIGN.md).
 
 `PretrainReader` memory-maps the shards of one split, verifies each shard's sha256 once per data
-directory (recorded in DIR/.verified.json, re-checked when a shard's size or mtime changes),
-builds instances as arrays (see instances.py) and assembles every batch by array indexing, with
-dynamic masking (masking.py).
+directory (recorded in DIR/.verified.json, hashed again when a shard's mtime changes; a size other
+than the manifest's is an error), builds instances as arrays (see instances.py) and assembles every
+batch by array indexing, with dynamic masking (masking.py).
 
-The train split is one endless stream of instances, the same whatever the number of ranks:
+The train split is one endless stream of instances, the same whatever the number of ranks and
+the micro-batch:
 
     epoch e   the shards in a random order drawn from (seed, e), cut into windows of about
               data.shuffle_window_tokens tokens; a window's instances (built shard by shard, each
               from (seed, e, shard)) in a random order drawn from (seed, e, window)
     stream    epoch 0's windows one after the other, then epoch 1's, ...
 
-Rank r of W reads as its k-th micro-batch the B instances at stream positions (kW + r)B onwards,
-so an optimizer step of `accum` micro-steps on W ranks consumes exactly the next accum x W x B
-instances of the stream, whatever W is: a run resumes on another number of ranks with the same
-samples per step. Only the windows being read are in memory (the next one is built in a
-background thread), so memory and start-up do not grow with the corpus. Masks depend only on
-(seed, epoch, position in the epoch). The state is one global position, the same on every rank.
+The stream is defined in sequences, not in micro-batches: optimizer step s consumes the global
+batch of G instances at stream positions [sG, (s + 1)G). Rank r of W takes the r-th of W equal
+shares of it, and cuts its share into micro-batches of B (accum = G / (W B) of them):
+
+    micro-batch k of step s on rank r = positions sG + r G/W + kB onwards, B of them
+
+so the sequences of every step are the same whatever W and B are, and a run resumes on another
+number of ranks or with another micro-batch with the same samples per step. Only the windows
+being read are in memory (the next one is built in a background thread), so memory and start-up
+do not grow with the corpus. Masks depend only on (seed, epoch, position in the epoch), not on
+who reads the instance. The state is one global position (a whole number of steps), the same on
+every rank.
 
 The validation split is read in its build order with fixed masks (VAL_SEED), whatever the seed.
 """
@@ -95,10 +102,10 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def verify_shards(data_dir: str | os.PathLike, records: list[dict[str, Any]]) -> None:
-    """Check shards against their manifest records: every time their size, and their sha256 once
-    per data directory (DIR/.verified.json remembers each shard's size and mtime when its hash
-    matched; a shard whose size or mtime changed since is hashed again). A read-only data
-    directory is verified once per process instead."""
+    """Check shards against their manifest records: every time their size (a size other than the
+    manifest's is an error), and their sha256 once per data directory (DIR/.verified.json remembers
+    each shard's size and mtime when its hash matched; a shard whose mtime changed since is hashed
+    again). A read-only data directory is verified once per process instead."""
     d = Path(data_dir)
     record = read_verified(d)
     changed = False
@@ -154,13 +161,24 @@ class PretrainReader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        global_batch_size: int = 0,
+        max_sequences: int = 0,
     ) -> None:
+        """`global_batch_size` (train): the sequences of one optimizer step over all ranks, a
+        multiple of micro_batch_size x world_size (0: one micro-batch per rank per step).
+        `max_sequences` (val): read only the first this many validation sequences (0: all)."""
         if split not in ("train", "val"):
             raise BertpldError(f"split: got {split!r}, expected 'train' or 'val'")
         if not 0 <= rank < world_size:
             raise BertpldError(f"rank {rank} is not in [0, world_size={world_size})")
         if micro_batch_size < 1:
             raise BertpldError(f"micro_batch_size: got {micro_batch_size}, expected a positive integer")
+        global_batch_size = global_batch_size or micro_batch_size * world_size
+        if global_batch_size % (micro_batch_size * world_size):
+            raise BertpldError(
+                f"global_batch_size: {global_batch_size} is not a multiple of micro_batch_size x "
+                f"world_size = {micro_batch_size} x {world_size}"
+            )
         cfg.validate()
         self.data_dir = Path(data_dir)
         self.manifest = load_manifest(self.data_dir)
@@ -170,6 +188,9 @@ class PretrainReader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.global_batch_size = global_batch_size
+        self.accum = global_batch_size // (micro_batch_size * world_size)  # micro-batches per step
+        self.max_sequences = max_sequences
         self.vocab_size: int = int(self.manifest["vocab_size"])
         self.tokenizer_path: Path = self.data_dir / self.manifest["tokenizer"]
         self.fingerprint: str = self.manifest["fingerprint"]
@@ -328,7 +349,9 @@ class PretrainReader:
     @property
     def position(self) -> int:
         """The stream position of this rank's next micro-batch."""
-        return (self.batches_read * self.world_size + self.rank) * self.micro_batch_size
+        step, k = divmod(self.batches_read, self.accum)
+        share = self.global_batch_size // self.world_size
+        return step * self.global_batch_size + self.rank * share + k * self.micro_batch_size
 
     @property
     def epoch(self) -> int:
@@ -349,7 +372,7 @@ class PretrainReader:
             yield _to_torch(batch)
 
     def _iter_val(self) -> Iterator[dict[str, torch.Tensor]]:
-        mine = np.arange(self.rank, len(self._val), self.world_size)
+        mine = np.arange(self.rank, self._val_count(), self.world_size)
         for i in range(0, len(mine), self.micro_batch_size):
             take = mine[i : i + self.micro_batch_size]
             yield _to_torch(self._assemble(self._val, take, self._val_keys[take]))
@@ -358,8 +381,11 @@ class PretrainReader:
         """Batches in one pass of the validation split on this rank (the train split is endless)."""
         if self.split != "val":
             raise TypeError("the train split is endless; len() is defined for split='val'")
-        n = len(range(self.rank, len(self._val), self.world_size))
+        n = len(range(self.rank, self._val_count(), self.world_size))
         return -(-n // self.micro_batch_size)
+
+    def _val_count(self) -> int:
+        return min(len(self._val), self.max_sequences) if self.max_sequences else len(self._val)
 
     def mean_tokens_per_sequence(self) -> float:
         """Mean real tokens per sequence ([CLS] and [SEP]s included): over the validation split,
@@ -374,9 +400,11 @@ class PretrainReader:
         return [len(self._window_instances(epoch, i)) for i in range(len(self._plan(epoch)))]
 
     def state_dict(self) -> dict[str, Any]:
-        """The global stream position (the same on every rank after a whole optimizer step) and
-        the window it falls in, so that a resumed reader builds only that window."""
-        position = self.batches_read * self.world_size * self.micro_batch_size
+        """The global stream position at the start of the step under way (the same on every rank;
+        after a whole optimizer step, the next step's) and the window it falls in, so that a
+        resumed reader builds only that window. Neither the world size nor the micro-batch is in
+        it: a resumed reader may have others."""
+        position = self.batches_read // self.accum * self.global_batch_size
         state: dict[str, Any] = {
             "version": 2,
             "split": self.split,
@@ -385,7 +413,7 @@ class PretrainReader:
             "objective": self.cfg.objective,
             "max_seq_len": self.cfg.max_seq_len,
             "shuffle_window_tokens": self.cfg.shuffle_window_tokens,
-            "micro_batch_size": self.micro_batch_size,
+            "global_batch_size": self.global_batch_size,
             "position": position,
         }
         if self.split == "train":
@@ -406,14 +434,14 @@ class PretrainReader:
                 raise BertpldError(
                     f"data reader state: {key} was {state.get(key)!r}, now {mine[key]!r}; cannot resume"
                 )
-        per_batch = self.world_size * self.micro_batch_size
-        if state["micro_batch_size"] != self.micro_batch_size or state["position"] % per_batch:
+        # (the trainer refuses a change of the global batch; states written before the stream
+        # was defined in steps lack it, and their positions are whole steps too)
+        if state["position"] % self.global_batch_size:
             raise BertpldError(
-                f"data reader state: position {state['position']} is not a whole number of batches of "
-                f"{self.micro_batch_size} x {self.world_size} ranks (impl.micro_batch_size was "
-                f"{state['micro_batch_size']}); cannot resume"
+                f"data reader state: position {state['position']} is not a whole number of steps of "
+                f"{self.global_batch_size} sequences; cannot resume"
             )
-        self.batches_read = state["position"] // per_batch
+        self.batches_read = state["position"] // self.global_batch_size * self.accum
         if self.split == "train":
             epoch, index, start, offset = (int(v) for v in state["window"])
             self._windows, self._next = [], None
