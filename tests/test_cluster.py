@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from bertpld import checkpoint, lock
-from bertpld.cli import app
 from bertpld.errors import BertpldError
 from bertpld.train import pretrain
 from tests.conftest import make_prepared_data
@@ -31,47 +29,61 @@ def _no_temporaries(run: Path) -> bool:
     return not [p for p in run.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
 
 
-def test_a_second_writer_is_refused_and_changes_nothing(data: Path, tmp_path: Path) -> None:
+def _cli(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`bertpld ARGV` in this process, as the console script runs it: (exit code, stderr)."""
+    from bertpld.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["bertpld", *argv])
+    with pytest.raises(SystemExit) as done:
+        main()
+    return done.value.code, capsys.readouterr().err
+
+
+def test_a_second_writer_is_refused_and_changes_nothing(
+    data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     run = tmp_path / "run"
     layers = [
         TINY,
         {"data": {"path": str(data)}},
-        {"train": {"max_steps": 400, "save_every": 2, "total_steps": 400}},
+        {
+            "train": {
+                "max_steps": 100_000,
+                "save_every": 2,
+                "total_steps": 100_000,
+                "keep_checkpoints": 100_000,
+            }
+        },
     ]
     first = _launch(run, layers)  # a live run: holds the directory
     try:
-        _wait_for(run / "checkpoints" / "step-000000002" / "meta.json", first)
+        first_ckpt = run / "checkpoints" / "step-000000002" / "meta.json"
+        _wait_for(first_ckpt, first)
         assert lock.held_by_other(run)
-        before = {p: p.read_bytes() for p in (run / "config.json", run / "data.json", run / "env.json")}
+        before = {
+            p: p.read_bytes() for p in (run / "config.json", run / "data.json", run / "env.json", first_ckpt)
+        }
+        metrics = (run / "metrics.jsonl").stat().st_ino, (run / "metrics.jsonl").read_text().splitlines()[0]
         for extra in (["--resume"], ["--overwrite"], []):
-            res = CliRunner().invoke(
-                app,
-                [
-                    "pretrain",
-                    "--out",
-                    str(run),
-                    "--data",
-                    str(data),
-                    "--config",
-                    str(ROOT / "configs/demo.toml"),
-                    *extra,
-                ],
-            )
-            err = res.exception
-            assert isinstance(err, BertpldError), res.output
-            assert "\n" not in str(err)
-            assert str(err).startswith(f"{run}: in use by bertpld pretrain (pid {first.pid} on ")
+            argv = ["pretrain", "--out", str(run), "--data", str(data), "--config", "demo", *extra]
+            code, err = _cli(argv, monkeypatch, capsys)
+            assert code == 2, (extra, err)
+            assert err.count("\n") == 1, err  # one line
+            assert err.startswith(f"error: {run}: in use by bertpld pretrain (pid {first.pid} on "), err
+        # nothing was deleted or rewritten (--overwrite would have removed the checkpoints and
+        # the metrics file the live run writes to)
         assert {p: p.read_bytes() for p in before} == before
-        assert (run / "checkpoints").is_dir()  # --overwrite deleted nothing
+        assert (run / "metrics.jsonl").stat().st_ino == metrics[0]
+        assert (run / "metrics.jsonl").read_text().splitlines()[0] == metrics[1]
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     # kill -9 released the lock: the next writer resumes
     assert not lock.held_by_other(run)
     done = checkpoint.list_checkpoints(run)[-1][0]
-    train = {"max_steps": done + 4, "save_every": 2, "total_steps": 400}
+    train = {"max_steps": done + 4, "save_every": 2, "total_steps": 100_000, "keep_checkpoints": 100_000}
     assert pretrain(make_cfg(data, train=train), run, resume=True)["steps"] == done + 4
-    steps = [r["step"] for r in rows(run) if "lr" in r]  # training rows (an evaluation row may share a step)
+    steps = [r["step"] for r in rows(run)]
     assert steps == list(range(1, done + 5))  # one writer at a time: no step twice, none missing
 
 
@@ -238,3 +250,102 @@ def test_torchrun_restarts_a_killed_rank_from_the_last_checkpoint(data: Path, tm
     wb = checkpoint.load_model_weights(checkpoint.latest_checkpoint(tmp_path / "run"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     print(f"job with one rank killed and restarted: {elapsed:.1f} s")
+
+
+RANK_SCRIPT = """
+import errno, sys
+from bertpld import checkpoint, cli, distributed, train
+
+mode = sys.argv.pop(1)
+
+def enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+real_save, real_write = checkpoint.save_file, train._Writer.write
+
+def save_file(tensors, path, **kw):  # the checkpoint of step 4 cannot be written on rank 0
+    return enospc() if "step-000000004" in str(path) else real_save(tensors, path, **kw)
+
+class Full:
+    write = flush = enospc
+    close = lambda self: None
+
+def write(self, row):  # the metrics row of step 3 cannot be written on rank 0
+    if row["step"] == 3:
+        self.file = Full()
+    return real_write(self, row)
+
+if mode == "checkpoint":
+    checkpoint.save_file = save_file
+else:
+    train._Writer.write = write
+sys.argv[0] = "bertpld"
+cli.main()
+"""
+
+
+def _two_ranks(args: list[str], tmp: Path, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """`args` as ranks 0 and 1 of a 2-process gloo job, launched without torchrun so that each
+    rank's own exit code and stderr can be checked."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env.update(MASTER_PORT=str(port), WORLD_SIZE="2")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *args],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    done = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
+
+
+@pytest.mark.parametrize("fails", ["checkpoint", "metrics"])
+def test_a_write_failing_on_rank_0_stops_every_rank_with_one_line(
+    data: Path, tmp_path: Path, fails: str
+) -> None:
+    """2 gloo ranks; rank 0 cannot write the checkpoint of step 4 (or the metrics row of step 3):
+    both ranks stop with exit code 2 and one `error:` line, the checkpoint of step 2 is intact and
+    the run resumes from it."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    run = tmp_path / "run"
+    sets = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=2", "model.intermediate_size=128"]
+    sets += ["train.global_batch_size=8", "train.save_every=2", "train.eval_every=2", "train.log_every=1"]
+    sets += ["impl.micro_batch_size=4", "impl.threads=1"]
+    cli = ["pretrain", "--config", "demo", "--data", str(data), "--out", str(run), "--max-steps", "6"]
+    cli += [x for kv in sets for x in ("--set", kv)]
+    ranks = _two_ranks([str(script), fails, *cli], tmp_path)
+    for r, done in enumerate(ranks):
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2, (r, done.returncode, done.stderr[-3000:])
+        assert len(errors) == 1 and "Traceback" not in done.stderr, (r, done.stderr[-3000:])
+    target = "step-000000004" if fails == "checkpoint" else "metrics.jsonl"
+    assert "No space left on device" in ranks[0].stderr and target in ranks[0].stderr
+    other = (
+        "No space left on device" if fails == "checkpoint" else "rank 0 could not write to the run directory"
+    )
+    assert other in ranks[1].stderr
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [2] and _no_temporaries(run)
+    assert not (run / "summary.json").exists()
+    # the checkpoint of step 2 is whole: one process resumes from it to the end
+    done = subprocess.run(
+        [sys.executable, "-m", "bertpld.cli", *cli, "--resume"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in rows(run)] == list(range(1, 7))
