@@ -58,6 +58,8 @@ def pretrain(
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary["per_step"] = per_step(rows)
+    # the precision the run computed in ('auto' resolved), as the run recorded it
+    summary["precision"] = json.loads((out / "env.json").read_text()).get("precision")
     return summary
 
 
@@ -194,11 +196,18 @@ def main() -> None:
                 auto.append(train(f"auto{i}", ["--set", "impl.precision=auto"]))
                 fp32.append(train(f"fp32{i}", ["--set", "impl.precision=fp32"]))
             tps = [[s["tokens"] / s["wall_s"] for s in runs] for runs in (auto, fp32)]
+            ran = [[s["precision"] for s in runs] for runs in (auto, fp32)]  # what each run computed in
             ratio = statistics.median(a / b for a, b in zip(*tps))
             result.update(auto_tokens_per_s=tps[0], fp32_tokens_per_s=tps[1], precision_speedup=ratio)
-            print(f"impl.precision=auto: tokens/s {', '.join(f'{v:,.0f}' for v in tps[0])}")
-            print(f"impl.precision=fp32: tokens/s {', '.join(f'{v:,.0f}' for v in tps[1])}")
+            result.update(auto_precision=ran[0], fp32_precision=ran[1])
+            for name, v, p in zip(("auto", "fp32"), tps, ran):
+                ran_in = "/".join(sorted({str(x) for x in p}))
+                print(
+                    f"impl.precision={name} (ran in {ran_in}): tokens/s {', '.join(f'{x:,.0f}' for x in v)}"
+                )
             print(f"auto / fp32 throughput: {ratio:.2f}x (median of paired ratios)")
+            if ran[0] == ran[1]:
+                print(f"note: auto ran in {ran[0][0]} here, as fp32 did: the ratio compares fp32 with itself")
 
         if not args.skip_ddp:
             threads = os.cpu_count() or 2

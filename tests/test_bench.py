@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -53,14 +54,14 @@ max_seq_len = 32
 global_batch_size = 4
 max_steps = 3
 eval_every = 0
-eval_batches = 2
+eval_sequences = 8
 warmup = 1
 [impl]
 micro_batch_size = 4
 """
 
 
-def test_sweep_lr_smoke(tmp_path: Path) -> None:
+def test_sweep_lr_smoke(tmp_path: Path, monkeypatch) -> None:
     from tests.conftest import make_prepared_data
 
     data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
@@ -78,17 +79,66 @@ def test_sweep_lr_smoke(tmp_path: Path) -> None:
         ("pld", 1e-3),
         ("pld", 1e-2),
     ]
+    unigram = json.loads((data / "manifest.json").read_text())["val_unigram_ce"]
+    arm_settings = {"post": ("post", False), "pld": ("pre", True)}  # (model.norm, pld.enabled)
+    runs = {}
     for r in rows:
-        assert r["steps"] == [3] and r["verdicts"][0] in ("ok", "stuck")
-        summary = json.loads(
-            (tmp_path / "sweep" / f"{r['arm']}-lr{r['lr']:g}-s1" / "summary.json").read_text()
-        )
-        assert r["final_val_mlm_loss"] == [summary["final_val_mlm_loss"]]
+        run = tmp_path / "sweep" / f"{r['arm']}-lr{r['lr']:g}-s1"
+        runs[run] = (run / "summary.json").stat().st_mtime_ns
+        summary = json.loads((run / "summary.json").read_text())
+        cfg = json.loads((run / "config.json").read_text())
+        # the run of the arm and lr of its row, on one thread
+        assert (cfg["model"]["norm"], cfg["pld"]["enabled"]) == arm_settings[r["arm"]]
+        assert (cfg["train"]["lr"], cfg["train"]["seed"], cfg["impl"]["threads"]) == (r["lr"], 1, 1)
+        loss = summary["final_val_mlm_loss"]
+        assert r["steps"] == [3] and r["final_val_mlm_loss"] == [loss] and r["mean"] == loss
+        assert r["below_unigram"] == pytest.approx(unigram - loss)
+        # stuck within 0.2 nats of the data's unigram line
+        assert r["verdicts"] == ["stuck" if unigram - loss < 0.2 else "ok"]
     assert "| post | 0.001 |" in (tmp_path / "sweep" / "sweep.md").read_text()
-    # a rerun reuses the finished runs
+    # a rerun reuses the finished runs: the same table, not one summary written again
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert (
         again.returncode == 0 and json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"] == rows
+    )
+    assert {run: (run / "summary.json").stat().st_mtime_ns for run in runs} == runs
+
+    # verdicts, each arm's best lr and the grid-edge flag, on made-up results (unigram line 7.0)
+    spec = importlib.util.spec_from_file_location("sweep_lr", ROOT / "scripts" / "sweep_lr.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    nan = float("nan")
+    losses = {
+        "post": {1e-3: 6.79, 2e-3: 6.0, 4e-3: None},  # None: the run failed
+        "pld": {1e-3: 6.81, 2e-3: 6.9, 4e-3: nan},
+        "pre": {1e-3: 6.95, 2e-3: 6.4, 4e-3: 6.2},
+    }
+
+    def fake_train(out, data, config, arm, lr, seed, extra) -> dict:
+        loss = losses[arm][lr]
+        if loss is None:
+            return {"error": "exit 1"}
+        return {"final_val_mlm_loss": loss, "unigram": 7.0, "steps": 3, "wall_s": 1.0}
+
+    monkeypatch.setattr(sweep, "train", fake_train)
+    argv = ["sweep_lr.py", "--data", str(data), "--arms", "post,pld,pre", "--lrs", "1e-3,2e-3,4e-3"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "fake")])
+    sweep.main()
+    table = json.loads((tmp_path / "fake" / "sweep.json").read_text())["rows"]
+    got = {(r["arm"], r["lr"]): (r["verdicts"][0], r["best"], r["at_grid_edge"]) for r in table}
+    assert got == {
+        ("post", 1e-3): ("ok", False, False),  # 0.21 nats below the line
+        ("post", 2e-3): ("ok", True, False),
+        ("post", 4e-3): ("failed", False, False),
+        ("pld", 1e-3): ("stuck", False, False),  # 0.19 nats below it
+        ("pld", 2e-3): ("stuck", False, False),  # an arm without a run that learned: no best lr
+        ("pld", 4e-3): ("diverged", False, False),
+        ("pre", 1e-3): ("stuck", False, False),
+        ("pre", 2e-3): ("ok", False, False),
+        ("pre", 4e-3): ("ok", True, True),  # the best at the grid's edge: the optimum may lie beyond
+    }
+    assert {(r["arm"], r["lr"]): r["below_unigram"] for r in table if r["arm"] == "pre"} == pytest.approx(
+        {("pre", 1e-3): 0.05, ("pre", 2e-3): 0.6, ("pre", 4e-3): 0.8}
     )
 
 
@@ -105,10 +155,21 @@ def test_bench_train_precision_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["precision_speedup"] > 0 and len(result["fp32_tokens_per_s"]) == 1
+    assert result["precision_speedup"] == pytest.approx(
+        result["auto_tokens_per_s"][0] / result["fp32_tokens_per_s"][0]
+    )
     assert "auto / fp32 throughput" in done.stdout
+    # each arm ran in its precision, as its run recorded it: auto is what it resolves to on this
+    # machine (bf16 where the CPU has native bf16 matmuls, or on a GPU), not fp32 against fp32
+    from bertpld.device import resolve_device, resolve_precision
+
+    auto = resolve_precision("auto", resolve_device("auto")).name
+    assert result["auto_precision"] == [auto] and result["fp32_precision"] == ["fp32"]
+    assert f"impl.precision=auto (ran in {auto}): tokens/s" in done.stdout
+    assert ("compares fp32 with itself" in done.stdout) == (auto == "fp32")
 
 
-def test_bench_data_workers_smoke_and_projection(tmp_path: Path) -> None:
+def test_bench_data_workers_smoke_and_projection(tmp_path: Path, monkeypatch, capsys) -> None:
     """bench_data --workers on a few documents of the real-corpus layout: byte-identical outputs and
     a projection that follows from the measured CPU per token."""
     out = tmp_path / "bench.json"
@@ -128,6 +189,47 @@ def test_bench_data_workers_smoke_and_projection(tmp_path: Path) -> None:
             f"PROJECTION, not measured: prepare of Wikipedia + BookCorpus (4B tokens) on {cores} cores"
             in done.stdout
         )
+    assert "outputs byte-identical" in done.stdout
+
+    # the comparison is of the files themselves: prepares whose shards differ in one byte, with
+    # manifests alike, are reported, and the script exits 1 once its numbers are written
+    import bertpld.data.sources
+
+    spec = importlib.util.spec_from_file_location("bench_data", ROOT / "scripts" / "bench_data.py")
+    bench = importlib.util.module_from_spec(spec)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # (the script sets them when imported)
+        monkeypatch.setenv(var, os.environ.get(var, "1"))
+    spec.loader.exec_module(bench)
+    odd = {"given-w2"}  # the prepares (out directory names) that write another byte
+
+    def fake_prepare(fields: dict, out: Path) -> dict:
+        manifest = {"splits": {"train": {"tokens": 900}, "val": {"tokens": 100}}, "timing_s": {"s": out.name}}
+        (out / "train").mkdir(parents=True)
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        (out / "tokenizer.json").write_text("{}")
+        (out / "train" / "shard-00000.npz").write_bytes(b"shard" + (b"!" if out.name in odd else b"."))
+        (out / ".verified.json").write_text(str(out))  # bookkeeping, not an output: not compared
+        times = {"seconds": 1.0, "cpu_main_s": 1.0, "cpu_workers_s": 1.0}
+        return {"manifest": manifest, "rss_main_mb": 1.0, "rss_worker_mb": 1.0, **times}
+
+    monkeypatch.setattr(bench, "_one_run", fake_prepare)
+    monkeypatch.setattr(bench, "_articles_parquet", lambda work: "articles.parquet")
+    monkeypatch.setattr(bertpld.data.sources, "_demo_books", lambda: [])
+    out = tmp_path / "fake.json"
+    monkeypatch.setattr(
+        sys, "argv", ["bench_data.py", "--workers", "1,2", "--rss-scale", "1", "--out", str(out)]
+    )
+    with pytest.raises(
+        SystemExit, match=r"^error: prepare's outputs differ between --workers 1,2 \(given\)$"
+    ):
+        bench.main()
+    res = json.loads(out.read_text())
+    assert res["outputs_byte_identical"] is False and res["outputs_differ"] == ["given"]
+    assert "OUTPUTS DIFFER" in capsys.readouterr().out
+    odd.clear()  # the same bytes everywhere
+    bench.main()
+    assert json.loads(out.read_text())["outputs_byte_identical"] is True
+    assert "outputs byte-identical" in capsys.readouterr().out
 
 
 def test_bench_train_arms_and_compare_with_smoke(tmp_path: Path) -> None:

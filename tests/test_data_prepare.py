@@ -553,7 +553,7 @@ def _alive(pid: int) -> bool:
 def _raising(job):
     records = job.records if job.pieces is None else [r for p in job.pieces for r in read_piece(p).records]
     if job.texts is None and any("__init__" in str(r) for r in records):
-        raise BertpldError("a user error\nsecond line that must not show")
+        raise BertpldError("a user error, one line as every BertpldError")
     return _PROCESS(job)
 
 
@@ -562,11 +562,16 @@ def _dying(job):
 
 
 def test_worker_errors_are_one_line(tmp_path, corpus, small_blocks, monkeypatch):
+    """A user error raised in a worker reaches the user as the one line it is, as without workers:
+    nothing of the worker's traceback is added to it or chained to it."""
     monkeypatch.setattr(workers, "process", _raising)
+    with pytest.raises(BertpldError) as alone:  # one worker: no pool, raised in this process
+        prep.prepare(_cfg(corpus, workers=1), tmp_path / "one", progress=False)
     with pytest.raises(BertpldError) as e:
         prep.prepare(_cfg(corpus, workers=2), tmp_path / "a", progress=False)
-    assert str(e.value) == "a user error\nsecond line that must not show" and e.value.__cause__ is None
-    assert e.value.__suppress_context__  # no worker traceback chained to it
+    assert str(e.value) == str(alone.value) == "a user error, one line as every BertpldError"
+    assert "\n" not in str(e.value) and e.value.args == (str(e.value),)
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # no worker traceback chained to it
     monkeypatch.setattr(workers, "process", _dying)
     with pytest.raises(BertpldError, match="a worker process died") as e:
         prep.prepare(_cfg(corpus, workers=2), tmp_path / "b", progress=False)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import platform
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,8 +25,15 @@ CPU = torch.device("cpu")
     ],
 )
 def test_auto_on_cpu_follows_the_hardware(monkeypatch, amx, avx512_bf16, expected, named) -> None:
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    # unpatched, on Linux x86: the answer agrees with the CPU's flags (torch answers the queries asked)
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() in ("x86_64", "AMD64") and cpuinfo.is_file():
+        flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo.read_text(), re.M).group(1).split())
+        native = bool(flags & {"amx_tile", "avx512_bf16"})
+        assert (cpu_bf16_support() in ("AMX", "AVX512-BF16")) if native else cpu_bf16_support() == ""
+    # the queries are patched where torch has them: a name this torch lacks fails here (raising)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     prec = resolve_precision("auto", CPU)
     assert prec.dtype == expected
     assert prec.name == ("bf16" if expected == torch.bfloat16 else "fp32")

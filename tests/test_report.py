@@ -494,13 +494,27 @@ def test_mismatched_data_warns(tmp_path: Path, three_runs: dict[str, Path], caps
 
 
 def test_different_thread_counts_warn_about_wall_clock(tmp_path: Path, three_runs: dict[str, Path]) -> None:
-    rep = write_report(list(three_runs.values()), tmp_path / "same").report
-    assert not any("wall-clock ratios mix" in w for w in rep["warnings"])
-    for name, run in three_runs.items():
-        env = json.loads((run / "env.json").read_text())
-        (run / "env.json").write_text(json.dumps({**env, "torch_threads": 2 if name == "pre" else 1}))
-    rep = write_report(list(three_runs.values()), tmp_path / "rep").report
-    assert any("different CPU thread counts (torch_threads differs)" in w for w in rep["warnings"])
+    """Runs that all record the same thread count and precision: no warning; a difference in either:
+    one warning that names it, and only it."""
+
+    from bertpld.report import choose_baseline, compare
+
+    def warnings(**per_run: dict[str, object]) -> list[str]:
+        for name, run in three_runs.items():
+            env = {**ENV, "torch_threads": 1, "precision": "fp32", **per_run.get(name, {})}
+            (run / "env.json").write_text(json.dumps(env))
+        runs = [load_run(p) for p in three_runs.values()]
+        rep = compare(runs, choose_baseline(runs, None)[0])  # write_report's numbers, without plots
+        return [w for w in rep["warnings"] if "wall-clock ratios mix" in w]
+
+    assert warnings() == []  # the keys present, equal in every run
+    assert warnings(pre={"torch_threads": 2}) == [
+        "runs ran on different CPU thread counts (torch_threads differs): "
+        "wall-clock ratios mix in the CPU thread counts"
+    ]
+    assert warnings(pld={"precision": "bf16"}) == [
+        "runs ran on different precision (precision differs): wall-clock ratios mix in the precision"
+    ]
 
 
 def test_no_baseline_gives_partial_report(tmp_path: Path, three_runs: dict[str, Path]) -> None:
@@ -680,10 +694,12 @@ def test_one_seed_arms_say_the_noise_is_unknown(three_runs: dict[str, Path], tmp
 
 
 def test_unigram_line_beyond_it_and_a_loud_warning_near_it(tmp_path: Path) -> None:
+    from bertpld.report import compare
+
     post = _mlm_run(tmp_path, "post", "post", False, 1, {20: 6.95, 40: 6.9})
     pld = _mlm_run(tmp_path, "pld", "pre", True, 1, {20: 6.0, 40: 5.5})
     rep = write_report([post, pld], tmp_path / "rep").report
-    assert rep["unigram"] == 7.0
+    assert rep["unigram"] == 7.0 and rep["unigram_margin"] == 0.2  # the README's "within 0.2 nats"
     runs = _by_name(rep)
     assert runs["pld"]["beyond_unigram"] == pytest.approx(1.5)
     assert runs["post"]["beyond_unigram"] == pytest.approx(0.1)
@@ -695,6 +711,13 @@ def test_unigram_line_beyond_it_and_a_loud_warning_near_it(tmp_path: Path) -> No
     assert "Unigram line: 7.000 nats" in md
     # run | final train loss | final val loss | final val MLM loss | below unigram
     assert "| pld | 4.5000 | 6.1900 | 5.5000 | 1.500 nats |" in md
+    # the margin is 0.2 nats: 0.19 below the line is near it, 0.21 below is not
+    inside = _mlm_run(tmp_path, "inside", "post", False, 1, {40: 6.81})
+    outside = _mlm_run(tmp_path, "outside", "pre", True, 1, {40: 6.79})
+    rep = compare([load_run(inside), load_run(outside)], None)  # write_report's numbers, no plots
+    assert [w.split(" ends at ")[0] for w in rep["warnings"] if w.startswith("NEAR THE UNIGRAM LINE")] == [
+        "NEAR THE UNIGRAM LINE: inside"
+    ]
 
 
 def test_unigram_line_of_data_prepared_before_it_existed(tmp_path: Path) -> None:
