@@ -182,6 +182,26 @@ def test_kept_block_scales_both_increments() -> None:
     torch.testing.assert_close(enc(x, mask, gates=[False], keep_probs=[p]), enc.final_norm(x))
 
 
+def test_scaled_linear_puts_the_scale_on_the_cheaper_side() -> None:
+    """scale * linear(x) both ways, values and gradients: folded into the weight when x has more
+    rows than the weight has columns, on the output (a last MulBackward) when it has fewer."""
+    from bertpld.model import scaled_linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 4)
+    scale = torch.tensor(1 / 0.7)
+    for rows, folded in ((9, True), (3, False)):
+        x = torch.randn(rows, 6, requires_grad=True)
+        got, ref = scaled_linear(linear, x, scale), linear(x) * scale
+        torch.testing.assert_close(got, ref)
+        for a, b in zip(
+            torch.autograd.grad(got.sum(), [x, linear.weight, linear.bias]),
+            torch.autograd.grad(ref.sum(), [x, linear.weight, linear.bias]),
+        ):
+            torch.testing.assert_close(a, b)
+        assert (type(got.grad_fn).__name__ == "MulBackward0") is (not folded), rows
+
+
 def test_eval_is_deterministic_full_depth_and_ignores_gates() -> None:
     m = BertForPreTraining(tiny("pre"), nsp=True).eval()
     calls = count_block_calls(m)
@@ -293,7 +313,7 @@ def test_compiled_blocks_do_not_recompile_as_theta_moves() -> None:
     b = batch()
     del b["nsp_labels"]
     for step in range(0, 3000, 150):
-        gates, keep = pld.layer_gates(pld.theta(step, 0.5, 0.001), 3, "paper", 0, step, 0)
+        gates, keep = pld.layer_gates(pld.theta(step, 0.5, 0.001), 3, "paper", 0, step)
         model(**b, gates=gates, keep_probs=keep).loss.backward()
     model(**b).loss.backward()
     assert counter.frame_count <= 2  # one graph with a scale tensor, one without
@@ -315,7 +335,7 @@ def test_compiled_blocks_settle_with_a_varying_real_token_count() -> None:
     def step(i: int) -> None:
         b = batch(seed=i)
         b["attention_mask"][2, 16 - i % 7 :] = 0  # another number of real tokens each time
-        gates, keep = pld.layer_gates(0.5, 3, "paper", 0, i, 0)
+        gates, keep = pld.layer_gates(0.5, 3, "paper", 0, i)
         index = token_index(b["attention_mask"])
         model.train()(**b, gates=gates, keep_probs=keep, token_index=index).loss.backward()
         with torch.no_grad():
