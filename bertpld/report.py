@@ -8,10 +8,12 @@ All numbers are computed here once, into one JSON-able dict (report.json); repor
 report.html are two renderings of it (bertpld/report_render.py), so they cannot disagree.
 
 Rules worth knowing (also stated in the report):
-- Ratios are run / baseline, from summary.json, or from the last metrics row of an incomplete run.
-- Time-to-target: the first point where a run's validation loss reaches the baseline's final
-  validation loss, linearly interpolated between the two evaluation rows around the crossing.
-  Speed-up = baseline's total (FLOPs or wall-clock) / the run's value at that point.
+- Ratios (samples, tokens, FLOPs, wall-clock) are run / the baseline arm's mean, from summary.json,
+  or from the last metrics row of an incomplete run.
+- Time-to-target: the first point where a run's validation loss reaches the baseline arm's mean
+  final validation loss, linearly interpolated between the two evaluation rows around the crossing.
+  Speed-up = the baseline arm's own cost to reach it (FLOPs or wall-clock; per seed its first
+  crossing, or its whole run where it never crossed; then the mean) / the run's value at that point.
 - GLUE: per metric, the median over seeds; per task, the mean of its metrics (GLUE's rule for
   multi-metric tasks: MRPC and QQP (F1+Acc)/2, STS-B (Pearson+Spearman)/2, MNLI (m+mm)/2); the
   average is the mean of task scores over the tasks every fine-tuned run has.

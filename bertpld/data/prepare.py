@@ -200,10 +200,11 @@ def _prepare(
     manifest[unigram.MANIFEST_KEY] = (
         round(unigram.val_unigram_ce(out, manifest), 6) if manifest["splits"]["val"]["tokens"] else None
     )
+    # the shards were hashed as they were written: readers need not hash them again (recorded
+    # before the manifest, so that the manifest is the last file written)
+    write_verified(out, {r["path"]: verified_mark(out, r) for s in SPLITS for r in splits[s].records})
     with _writing(out / MANIFEST):
         atomic_write_json(out / MANIFEST, manifest)
-    # the shards were hashed as they were written: readers need not hash them again
-    write_verified(out, {r["path"]: verified_mark(out, r) for s in SPLITS for r in splits[s].records})
     seconds = time.perf_counter() - t0
     _summary(console, out, manifest, seconds)
     console.print(
