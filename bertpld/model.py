@@ -108,8 +108,9 @@ class SelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         dropout = self.attention_dropout if self.training else 0.0
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # torch's CPU attention kernel is ~2.5x slower in bf16 than in fp32 (measured in
-            # scripts/bench_model.py --attention): attention alone runs in fp32, outside autocast.
+            # torch's CPU attention kernel is slower in bf16 than in fp32 (forward+backward at the
+            # demo's shape, one thread: 1.95x; `scripts/bench_model.py --attention`, raw numbers in
+            # docs/measurements/cpu_attention_bf16_vs_fp32_*.json): attention alone runs in fp32.
             with torch.autocast("cpu", enabled=False):
                 y = F.scaled_dot_product_attention(
                     q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout

@@ -9,6 +9,11 @@
 2. Padding removal: the same model at full depth on a batch with --pad-fraction of padding
    (default 0.15, as the demo data), padded vs `token_index` (impl.unpad), against the FLOPs ratio.
 3. Forward+backward time per step for the tiny / mini / small presets.
+4. With --attention (and nothing else): the CPU attention kernel forward+backward in bf16 against
+   the model's choice, an fp32 round trip (bertpld.model.SelfAttention), at --batch, --seq,
+   --hidden and --heads: is the round trip still the faster one?
+
+    python scripts/bench_model.py --attention --batch 64 --seq 64 --hidden 128 --heads 2 --threads 1
 
 Timings are medians over repetitions, with the two arms interleaved so that load from other
 processes on a shared machine hits both alike. No optimizer step (it does not depend on depth).
@@ -196,6 +201,44 @@ def bench_presets(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def bench_attention(args: argparse.Namespace) -> dict:
+    """SDPA forward+backward on (batch, heads, seq, hidden / heads) bf16 inputs with a padding
+    mask: in bf16, and as an fp32 round trip (cast, attend, cast back), interleaved, medians."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    hs = args.hidden // args.heads
+    qkv = [torch.randn(args.batch, args.heads, args.seq, hs, dtype=torch.bfloat16) for _ in range(3)]
+    mask = torch.ones(args.batch, 1, 1, args.seq, dtype=torch.bool)
+    mask[: args.batch // 2, ..., args.seq * 3 // 4 :] = False  # some padding, as real batches have
+
+    def run(fp32: bool) -> float:
+        q, k, v = (t.clone().requires_grad_() for t in qkv)
+        t0 = time.perf_counter()
+        if fp32:
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y.float().sum().backward()
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {"bf16": [], "fp32_round_trip": []}
+    for i in range(args.warmup + args.reps):
+        for name, fp32 in (("bf16", False), ("fp32_round_trip", True)):
+            dt = run(fp32)
+            if i >= args.warmup:
+                times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "shape": {"batch": args.batch, "heads": args.heads, "seq": args.seq, "head_size": hs},
+        "median_s": med,
+        "bf16_over_fp32_round_trip": med["bf16"] / med["fp32_round_trip"],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "reps": args.reps,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, default=12)
@@ -216,9 +259,24 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=sorted(AUTOCAST), help="autocast precision")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", default="", help="also write the results to this JSON file")
+    ap.add_argument(
+        "--attention", action="store_true", help="only the CPU attention: bf16 vs fp32 round trip"
+    )
+    ap.add_argument("--heads", type=int, default=0, help="attention heads for --attention (0: hidden / 64)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.attention:
+        args.heads = args.heads or max(1, args.hidden // 64)
+        a = bench_attention(args)
+        m = a["median_s"]
+        print(
+            f"attention fwd+bwd {a['shape']}, {a['threads']} thread(s): bf16 {m['bf16'] * 1e3:.2f} ms, "
+            f"fp32 round trip {m['fp32_round_trip'] * 1e3:.2f} ms: bf16 is {a['bf16_over_fp32_round_trip']:.2f}x"
+        )
+        if args.json:
+            atomic_write_json(args.json, a)
+        return
 
     if args.device.startswith("cuda"):
         print(f"device: {torch.cuda.get_device_name(args.device)}")

@@ -334,7 +334,7 @@ def _tokenizer(path: str, sha256: str) -> Tokenizer:
 class Pool:
     """`process` over jobs in `workers` processes, results in job order; one worker, or a corpus of
     one block: in this process, no pool. Use as a context manager: leaving it by an exception
-    (Ctrl-C included) cancels what is queued instead of waiting for it."""
+    cancels what is queued instead of waiting for it (and by Ctrl-C, what runs too)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -347,7 +347,11 @@ class Pool:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=kind is None, cancel_futures=True)
+            # Ctrl-C: leave at once. An error: cancel the queue but let the running jobs end, or
+            # the executor's thread may still read a worker's pipe when the interpreter exits
+            # ("Exception ignored ... Bad file descriptor" after the one-line error, seen in tests)
+            interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
+            self._executor.shutdown(wait=not interrupted, cancel_futures=True)
 
     def map(
         self, jobs: Iterable[tuple[Block, Job | None]]
