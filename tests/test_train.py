@@ -583,6 +583,7 @@ def test_a_resumed_run_keeps_the_precision_it_started_in(data: Path, tmp_path: P
     monkeypatch.setattr(D, "cpu_bf16_support", lambda: "")  # a CPU without bf16: auto is fp32
     run = tmp_path / "run"
     fixed = {"total_steps": 6, "save_every": 2, "eval_every": 0}
+    pretrain(make_cfg(data, train={"max_steps": 6, **fixed}), tmp_path / "fp32")  # uninterrupted
     pretrain(make_cfg(data, train={"max_steps": 4, **fixed}), run)
     assert json.loads((run / "env.json").read_text())["precision"] == "fp32"
     meta = run / "checkpoints" / "step-000000004" / "meta.json"
@@ -593,6 +594,11 @@ def test_a_resumed_run_keeps_the_precision_it_started_in(data: Path, tmp_path: P
     assert (
         json.loads((run / "checkpoints" / "step-000000006" / "meta.json").read_text())["precision"] == "fp32"
     )
+    # ... and the resumed steps ran in fp32: bit for bit the uninterrupted fp32 run (bf16 steps
+    # would differ in the first digits that bf16 rounds)
+    assert [(r["step"], r["loss"]) for r in rows(run)] == [
+        (r["step"], r["loss"]) for r in rows(tmp_path / "fp32")
+    ]
     # a checkpoint from before precision was recorded: the old auto, fp32 on a CPU
     saved = json.loads(meta.read_text())
     del saved["precision"]
