@@ -261,9 +261,9 @@ class TrainConfig:
 
 @dataclass
 class ImplConfig:
-    """How a run computes. device, compile, fused_optimizer and threads change speed only;
-    micro_batch_size changes float rounding (and dropout masks); precision and unpad change the
-    numbers. See train.RESUMABLE_CHANGES / SPEED_ONLY_ON_RESUME for what a resumed run may change."""
+    """How a run computes. device, compile, fused_optimizer, threads and micro_batch_size change
+    speed and float rounding (micro_batch_size also dropout masks), and may change on resume;
+    precision and unpad change the numbers (train.RESUMABLE_CHANGES, SPEED_ONLY_ON_RESUME)."""
 
     device: str = "auto"
     """'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'."""

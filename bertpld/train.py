@@ -70,8 +70,9 @@ RESUMABLE_CHANGES += ("train.eval_every", "train.save_every", "train.keep_checkp
 # setting) may change too: every step still trains on the same sequences with the same gates and
 # the same loss; only float rounding and each rank's dropout stream differ (README, "Determinism").
 RESUMABLE_CHANGES += ("impl.micro_batch_size",)
-# impl.* settings that change only speed, never the numbers. impl.precision and impl.unpad change
-# the numbers, so they must stay as they were (fp16 also carries grad-scaler state).
+# impl.* settings that change speed and float rounding only (like the thread count), never the
+# training. impl.precision and impl.unpad change the numbers, so they must stay as they were (fp16
+# also carries grad-scaler state).
 SPEED_ONLY_ON_RESUME = ("impl.device", "impl.compile", "impl.fused_optimizer", "impl.threads")
 
 
@@ -207,6 +208,7 @@ def train_step(tr: Trainer) -> tuple[float, torch.Tensor, str]:
         ]
         predictions, flops = dist.all_reduce_sum_host(torch.tensor(local, dtype=torch.float64)).tolist()
         predictions = max(predictions, 1.0)
+    terms = []
     for k, m in enumerate(share):
         # this micro-batch's part of the global mean: the reducer averages over ranks, so x world
         mlm_w = m.predictions / predictions
@@ -216,15 +218,19 @@ def train_step(tr: Trainer) -> tuple[float, torch.Tensor, str]:
             tr, m.batch, gates, keep, (world * mlm_w, world * nsp_w), last=k == tr.accum - 1
         )
         with phase("bookkeeping"):
-            tr.meter.add(outputs, m.batch, m.tokens, (mlm_w, nsp_w))
+            terms.append(loss_terms(outputs, m.batch, (mlm_w, nsp_w)))
     with phase("reduce"):
         tr.reducer.finish()
     with phase("optimizer"):
         grad_norm, failure = optimizer_step(tr)
-    tr.meter.step(blocks)  # a failed step's losses are logged too (the last row shows them)
     if failure:
+        # the step did not happen: nothing is counted, and the stream goes back to its start, so
+        # that the checkpoint of the last good step resumes with this step's sequences
+        tr.reader.batches_read -= tr.accum
+        tr.batches = iter(tr.reader)
         return theta, grad_norm, failure
     with phase("bookkeeping"):
+        tr.meter.add_step(torch.stack(terms).sum(0), sum(m.tokens for m in share), blocks)
         c.step += 1
         c.samples += cfg.train.global_batch_size
         c.flops += flops
@@ -325,21 +331,17 @@ class Meter:
         self.last = (c.wall_s, c.tokens, c.flops)  # counters at the last row
         self.train: dict[str, float] = {}  # the latest logged training losses
 
-    def add(
-        self,
-        outputs: PretrainOutput,
-        batch: dict[str, torch.Tensor],
-        tokens: int,
-        weights: tuple[float, float],
-    ) -> None:
-        """A micro-batch's losses, weighted by its part of the global batch's means (MLM, NSP)."""
-        self.loss_sums += loss_terms(outputs, batch, weights)
+    def add_step(self, terms: torch.Tensor, tokens: int, blocks: int) -> None:
+        """A step taken: this rank's part of its LOSS_TERMS (each micro-batch weighted by its part of
+        the global batch's means), its real tokens on this rank, the blocks it ran."""
+        self.loss_sums += terms
         self.tokens += tokens
-
-    def step(self, blocks: int) -> None:
-        """A step was taken, running `blocks` blocks."""
         self.steps += 1
         self.blocks_sum += blocks
+
+    def resume_from(self, row: dict[str, Any]) -> None:
+        """The training losses of the last metrics row (a resumed run's summary before its first row)."""
+        self.train.update({k: row[k] for k in LOSS_TERMS if k in row})
 
     def row(
         self, c: Counters, theta: float, lr: float, grad_norm: torch.Tensor | None, peak: float | None
@@ -434,6 +436,8 @@ def _pretrain(
     counters = tr.counters
     saved_step = counters.step if ckpt is not None else -1  # decided in memory: identical on every rank
     writer = _Writer(out, counters.step) if dist.is_main() else None
+    if writer is not None and writer.last is not None:
+        tr.meter.resume_from(writer.last)  # what the summary says if the run stops at once
     stop = _StopSignal()
     peak = peak_flops(torch.cuda.get_device_name(device), tr.precision) if device.type == "cuda" else None
     if dist.is_main():
@@ -489,19 +493,20 @@ def _pretrain(
         if progress is not None:
             progress.close()
 
-    # --- the end: checkpoint first (a signal may be followed by a kill), then final evaluation --
-    final_row = _log_row(tr, theta, None, peak) if tr.meter.steps else None
+    # --- the end: the last row, then its checkpoint (a signal may be followed by a kill; a row
+    # without its checkpoint is dropped on resume, a checkpoint never lacks its row), then the
+    # final evaluation, which joins the last step's row (one row per step)
+    if tr.meter.steps:
+        row = _log_row(tr, theta, None, peak)
+        if writer is not None:
+            writer.write(row)
     if counters.step > 0 and saved_step != counters.step:
         _save(out, cfg, tr, prec, writer.error if writer else "")
     evaluated = cfg.train.eval_every and counters.step % cfg.train.eval_every == 0
-    if counters.step > 0 and not evaluated:
+    if counters.step > 0 and not (evaluated and last_val):
         last_val = _evaluate_into(counters, tr.model, cfg, device, tr.precision)
-        if final_row is not None:
-            final_row.update(last_val)
-        elif writer is not None:  # the last step's row is written: the evaluation joins it
+        if writer is not None:
             writer.amend_last(_minimal_row(counters), last_val)
-    if final_row is not None and writer is not None:
-        writer.write(final_row)
     if writer is not None and writer.error:
         raise BertpldError(writer.error)
     summary = _summary(counters, total_steps, tr.meter.train, last_val, reason)
@@ -1027,11 +1032,14 @@ class _Writer:
 
         self.path = out / "metrics.jsonl"
         self.error = ""
-        self.last: dict[str, Any] | None = None  # the last row written by this process
+        self.last: dict[str, Any] | None = None  # the file's last row (a resumed run's included)
         try:
+            lines = self.path.read_text().splitlines() if self.path.is_file() else []
             self.file = self.path.open("a")
         except OSError as e:
             raise BertpldError(_write_failed(self.path, e)) from None
+        with contextlib.suppress(json.JSONDecodeError):  # (a resumed run's file is truncated to whole rows)
+            self.last = json.loads(lines[-1]) if lines else None
         self.tb = SummaryWriter(str(out / "tb"), purge_step=step or None)
 
     def write(self, row: dict[str, Any]) -> None:

@@ -30,6 +30,10 @@ if [ "$SCALE" = demo ]; then
   PRELN_SEEDS=${PRELN_SEEDS:-1}
   JOBS=${JOBS:-$(nproc)}
   PRETRAIN_JOBS=${PRETRAIN_JOBS:-1}
+  if ! [[ "$PRETRAIN_JOBS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: PRETRAIN_JOBS=$PRETRAIN_JOBS: expected a positive integer (runs at a time)" >&2
+    exit 2
+  fi
   PRETRAIN=(bertpld pretrain)
   # one epoch; lr 1e-3 measured best for this small model (3e-4: 59.9%, 1e-3: 67.0%, 2e-3 diverged)
   FINETUNE_ARGS=(--task rt-polarity --epochs 1 --lr 1e-3)
@@ -79,7 +83,9 @@ for seed in $PRELN_SEEDS; do order+=("preln-s$seed"); done
 
 pretrain_one() {  # NAME: fresh, resumed or already done; output in $RUNS/NAME.log
   local name=$1 arm=${1%-s*} seed=${1##*-s} out="$RUNS/$1"
-  if [ -f "$out/summary.json" ]; then
+  # done: a summary whose run was not stopped by a signal (a Ctrl-C'd run checkpoints, writes a
+  # summary and is resumed here)
+  if [ -f "$out/summary.json" ] && ! grep -q '"stop_reason": "signal' "$out/summary.json"; then
     echo "pretrain $name: done already"
     return 0
   fi
@@ -104,20 +110,28 @@ finetune_one() {
 
 # Two queues: every pre-training run, PRETRAIN_JOBS at a time; then every fine-tuning run, JOBS at
 # a time. Stops at the first failure.
-running=0
+pids=()
 failed=0
-reap() {  # wait for any one run
-  wait -n || failed=$?
-  running=$((running - 1))
+reap() {  # wait for one run to end (each by its pid: `wait -n` can lose a status)
+  while true; do
+    for i in "${!pids[@]}"; do
+      if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+        wait "${pids[$i]}" || failed=$?
+        unset "pids[$i]"
+        return
+      fi
+    done
+    sleep 0.5
+  done
 }
 queue() {  # LIMIT pretrain|finetune NAME
-  while [ "$running" -ge "$1" ]; do reap; done
+  while [ "${#pids[@]}" -ge "$1" ]; do reap; done
   if [ "$failed" != 0 ]; then return; fi
   "${2}_one" "$3" &
-  running=$((running + 1))
+  pids+=($!)
 }
 drain() {
-  while [ "$running" -gt 0 ]; do reap; done
+  while [ "${#pids[@]}" -gt 0 ]; do reap; done
   if [ "$failed" != 0 ]; then
     echo "error: a run failed (exit $failed); see the logs in $RUNS" >&2
     exit "$failed"

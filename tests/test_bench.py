@@ -284,3 +284,40 @@ def test_profile_step_smoke(tmp_path: Path) -> None:
         assert arm["phases_ms"]["backward.embeddings"] > 0
     assert res["arms"]["pre"]["blocks_kept"] == 4 and res["arms"]["pld"]["blocks_kept"] < 4
     assert res["pld_over_pre_flops"] < 1 and "| forward.blocks |" in done.stdout
+
+
+@pytest.mark.slow  # ~50 s on 2 cores: 11 tiny runs and 2 reports, twice
+def test_ladder_smoke(tmp_path: Path) -> None:
+    """scripts/ladder.py on one tiny depth: sweep (2 lrs, 3 arms), the second seed at each arm's best
+    lr, the paper-style Post-LN at PLD's best lr / 10, a report per baseline, the ladder table;
+    a rerun trains nothing again."""
+    from tests.conftest import make_prepared_data
+
+    data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    args = [sys.executable, str(ROOT / "scripts" / "ladder.py"), "--data", str(data), "--depths", "2"]
+    args += ["--config", str(tmp_path / "tiny.toml"), "--lrs", "1e-3,1e-2", "--extend", "0", "--seeds", "1,2"]
+    args += ["--paper-depth", "2", "--out", str(tmp_path / "ladder"), "--jobs", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    rows = table["rows"]
+    assert {r["baseline"] for r in rows} == {"post", "paper"}
+    tuned = [r for r in rows if r["baseline"] == "post"]
+    assert len(tuned) == 3 and tuned[0]["arm"] == "Post-LN baseline (baseline)"
+    assert all(len(r["runs"]) == 2 for r in rows)  # two seeds per arm
+    sweep = tmp_path / "ladder" / "depth-2" / "sweep"
+    cfgs = [json.loads(p.read_text()) for p in sweep.glob("*/config.json")]
+    assert {c["model"]["num_layers"] for c in cfgs} == {2}
+    pld_best = [c["train"]["lr"] for c in cfgs if c["pld"]["enabled"] and c["train"]["seed"] == 2]
+    paper = [
+        c
+        for c in cfgs
+        if c["model"]["norm"] == "post" and c["train"]["lr"] == pytest.approx(pld_best[0] / 10)
+    ]
+    assert len(paper) == 2  # the paper's pairing: Post-LN at PLD's lr / 10, both seeds
+    assert "| 2 | paper |" in (tmp_path / "ladder" / "ladder.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("*/summary.json")}
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0 and {p: p.stat().st_mtime_ns for p in stamps} == stamps

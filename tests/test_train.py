@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -102,10 +103,16 @@ def test_loss_decreases_and_outputs_are_complete(data: Path, tmp_path: Path) -> 
     # one row per step: a last step that is not an evaluation step carries the final evaluation
     # in its own row (written at the log step, amended at the end)
     cfg = make_cfg(data, train={"max_steps": 6, "eval_every": 4, "log_every": 3})
-    pretrain(cfg, tmp_path / "odd")
+    first = pretrain(cfg, tmp_path / "odd")
     got = rows(tmp_path / "odd")
     assert [r["step"] for r in got] == [3, 4, 6]
     assert "loss" in got[-1] and "grad_norm" in got[-1] and "val_loss" in got[-1]
+    # resumed at its last step (a requeued job), it stops at once: the same rows and summary
+    again = pretrain(cfg, tmp_path / "odd", resume=True)
+    assert rows(tmp_path / "odd") == got
+    assert {k: again[k] for k in ("final_train_loss", "final_val_loss")} == {
+        k: first[k] for k in ("final_train_loss", "final_val_loss")
+    }
     assert 0 < summary["tokens"] <= 24 * 8 * 64
     for name in ("config.json", "env.json", "data.json", "tokenizer.json"):
         assert (run / name).is_file(), name
@@ -448,6 +455,12 @@ def test_non_finite_gradient_stops_with_the_last_good_state(data: Path, tmp_path
     assert ckpt.name == "step-000000003"
     weights = checkpoint.load_model_weights(ckpt)
     assert all(torch.isfinite(w).all() for w in weights.values())
+    # the failed step counted nothing: one row per good step, and the checkpoint's stream position
+    # is the start of step 3 (its sequences come next on resume), its tokens those of 3 steps
+    got = rows(tmp_path / "run")
+    assert [r["step"] for r in got] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in got)
+    state = checkpoint.load_training_state(ckpt)
+    assert state["reader"]["position"] == 3 * 8 and state["counters"]["tokens"] == got[-1]["tokens"]
 
 
 def test_stops_on_time_budget_and_on_target_validation_loss(data: Path, tmp_path: Path) -> None:
