@@ -606,7 +606,8 @@ def evaluate(
     mlm_sum, predictions, nsp_sum, nsp_correct, sequences = total.tolist()
     if sequences == 0:
         raise BertpldError(
-            f"{cfg.data.path}: the validation split yields no batch of {cfg.impl.micro_batch_size}"
+            f"{cfg.data.path}: the validation split yields no sequence "
+            f"(train.eval_sequences={cfg.train.eval_sequences}; raise prepare.val_fraction?)"
         )
     result = {"val_mlm_loss": mlm_sum / predictions}
     if cfg.data.objective == "mlm+nsp":
