@@ -208,12 +208,11 @@ def train_step(tr: Trainer) -> tuple[float, torch.Tensor, str]:
         ]
         predictions, flops = dist.all_reduce_sum_host(torch.tensor(local, dtype=torch.float64)).tolist()
         predictions = max(predictions, 1.0)
-    terms = []
+    terms, world = [], dist.world_size()
     for k, m in enumerate(share):
         # this micro-batch's part of the global mean: the reducer averages over ranks, so x world
         mlm_w = m.predictions / predictions
         nsp_w = m.batch["input_ids"].shape[0] / cfg.train.global_batch_size
-        world = dist.world_size()
         outputs = forward_backward_step(
             tr, m.batch, gates, keep, (world * mlm_w, world * nsp_w), last=k == tr.accum - 1
         )
@@ -556,7 +555,7 @@ LOSS_TERMS = ("loss", "mlm_loss", "nsp_loss", "nsp_acc")
 
 
 def loss_terms(
-    outputs: PretrainOutput, batch: dict[str, torch.Tensor], weights: tuple[float, float] = (1.0, 1.0)
+    outputs: PretrainOutput, batch: dict[str, torch.Tensor], weights: tuple[float, float]
 ) -> torch.Tensor:
     """LOSS_TERMS of one micro-batch as a device tensor (zeros for NSP without it), the MLM loss
     times weights[0] and the NSP terms times weights[1]: no host sync."""
