@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from bertpld.atomic import atomic_write_json, atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "scripts" / "sweep_lr.py"
 ARMS = ("post", "pre", "pld")
@@ -53,27 +55,36 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
     args = ap.parse_args()
     t0 = time.time()
-    depths = [int(x) for x in args.depths.split(",")]
-    seeds = [int(x) for x in args.seeds.split(",")]
+    try:
+        depths = [int(x) for x in args.depths.split(",")]
+        seeds = [int(x) for x in args.seeds.split(",")]
+        [float(x) for x in args.lrs.split(",")]
+    except ValueError as e:
+        ap.error(f"--depths/--seeds/--lrs: expected comma-separated numbers ({e})")
+    if not (Path(args.data) / "manifest.json").is_file():
+        ap.error(f"--data {args.data}: no prepared data; run `bertpld prepare --out {args.data}` first")
     out = Path(args.out)
-    rows = []
+    rows, sweeps = [], {}
     for depth in depths:
-        rows += rung(args, depth, seeds, out / f"depth-{depth}")
+        depth_rows, sweeps[depth] = rung(args, depth, seeds, out / f"depth-{depth}")
+        rows += depth_rows
     table = {
         "depths": depths,
         "seeds": seeds,
         "rows": rows,
+        "sweeps": sweeps,  # per depth: every arm's lr grid, one row per (arm, lr), seed by seed
         "seconds_this_invocation": round(time.time() - t0),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ladder.json").write_text(json.dumps(table, indent=2) + "\n")
     md = render(rows)
-    (out / "ladder.md").write_text(md + "\n")
+    atomic_write_json(out / "ladder.json", table)
+    atomic_write_text(out / "ladder.md", md + "\n")
     print(md)
 
 
-def rung(args: argparse.Namespace, depth: int, seeds: list[int], out: Path) -> list[dict]:
-    """Sweep, seeds, paper-style baseline and report of one depth; its ladder rows."""
+def rung(args: argparse.Namespace, depth: int, seeds: list[int], out: Path) -> tuple[list[dict], list[dict]]:
+    """Sweep, seeds, paper-style baseline and report of one depth; its ladder rows and its sweep
+    table (the grid's rows, then the seed runs' rows)."""
     sets = [f"model.num_layers={depth}", f"train.max_flops={budget(args, depth):.6g}", *args.set]
     grid = {arm: sorted(float(x) for x in args.lrs.split(",")) for arm in ARMS}
     for _ in range(args.extend + 1):  # sweep; widen a grid whose best lies at its edge
@@ -90,16 +101,17 @@ def rung(args: argparse.Namespace, depth: int, seeds: list[int], out: Path) -> l
         if not wider:
             break
     best = {arm: best_row(table, arm) for arm in ARMS}
+    recorded = list(table)
     runs: dict[str, list[Path]] = {}
     for arm in ARMS:
         if best[arm] is None:
             continue
         lr = best[arm]["lr"]
-        sweep(args, out / "sweep", sets, {arm: [lr]}, seeds)
+        recorded += sweep(args, out / "sweep", sets, {arm: [lr]}, seeds)
         runs[arm] = [out / "sweep" / f"{arm}-lr{lr:g}-s{s}" for s in seeds]
     if depth == args.paper_depth and best["pld"] is not None:
         lr = best["pld"]["lr"] / 10
-        sweep(args, out / "sweep", sets, {"post": [lr]}, seeds)
+        recorded += sweep(args, out / "sweep", sets, {"post": [lr]}, seeds)
         runs["paper"] = [out / "sweep" / f"post-lr{lr:g}-s{s}" for s in seeds]
     rows = []
     for baseline in ("post", "paper"):
@@ -118,7 +130,7 @@ def rung(args: argparse.Namespace, depth: int, seeds: list[int], out: Path) -> l
         ]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         rows += ladder_rows(depth, baseline, json.loads((report_dir / "report.json").read_text()))
-    return rows
+    return rows, recorded
 
 
 def budget(args: argparse.Namespace, depth: int) -> float:
