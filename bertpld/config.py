@@ -261,9 +261,10 @@ class TrainConfig:
 
 @dataclass
 class ImplConfig:
-    """How a run computes. device, compile, fused_optimizer, threads and micro_batch_size change
-    speed and float rounding (micro_batch_size also dropout masks), and may change on resume;
-    precision and unpad change the numbers (train.RESUMABLE_CHANGES, SPEED_ONLY_ON_RESUME)."""
+    """How a run computes. device, compile, fused_optimizer, threads, keep_host_memory and
+    micro_batch_size change speed and float rounding (micro_batch_size also dropout masks), and may
+    change on resume; precision and unpad change the numbers (train.RESUMABLE_CHANGES,
+    SPEED_ONLY_ON_RESUME)."""
 
     device: str = "auto"
     """'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'."""
@@ -275,18 +276,27 @@ class ImplConfig:
     unpad: bool = True
     """Pre-training: run the encoder on the real tokens only, re-padding just for attention (the
     same maths; padding costs nothing; dropout masks are drawn differently, so not on resume)."""
+    unpad_multiple: int = 64
+    """With unpad: the encoder's row count is rounded up to a multiple of this with padding
+    positions (1: real tokens only). Each new row count costs a CPU's oneDNN a new JIT-compiled
+    matmul kernel per layer shape and direction; rounded, a run meets a few counts instead of one
+    per batch. The extra rows are counted as executed FLOPs. Dropout draws differ, so not on resume."""
     compile: bool = False
     """torch.compile the model's blocks (falls back to eager if compilation fails)."""
     fused_optimizer: bool = True
     """Use torch's fused AdamW kernel (CUDA, and CPU since torch 2.4) instead of the foreach one."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    keep_host_memory: bool = True
+    """Linux/glibc: malloc keeps freed memory for reuse instead of handing it back to the OS, so
+    a step does not page-fault its activations in again (bertpld.device.keep_host_memory)."""
 
     def validate(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             _fail("impl.device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
         _choice("impl.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _positive("impl.micro_batch_size", self.micro_batch_size)
+        _positive("impl.unpad_multiple", self.unpad_multiple)
         if self.threads < 0:
             _fail("impl.threads", self.threads, "an integer >= 0")
 
@@ -538,6 +548,8 @@ def read_config_json(path: str | Path) -> dict[str, Any]:
 # (a function of the saved config).
 RUN_FIELDS_ADDED: dict[str, Any] = {
     "impl.unpad": lambda saved: False,
+    "impl.unpad_multiple": lambda saved: 1,
+    "impl.keep_host_memory": lambda saved: False,
     "model.position_init": lambda saved: "normal",
     "train.max_flops": lambda saved: 0.0,
     "data.val_mask_prob": lambda saved: saved.get("data", {}).get("mask_prob", 0.15),

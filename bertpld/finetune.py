@@ -33,7 +33,7 @@ from bertpld.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from bertpld.checkpoint import find_checkpoint, load_model_weights, load_run_config
 from bertpld.config import FinetuneConfig, ModelConfig, PretrainConfig, config_to_dict
 from bertpld.data import tokenizer as data_tokenizer
-from bertpld.device import Precision, resolve_device, resolve_precision
+from bertpld.device import Precision, keep_host_memory, resolve_device, resolve_precision
 from bertpld.errors import BertpldError
 from bertpld.flops import step_flops
 from bertpld.glue import AVERAGE_EXCLUDES, PAPER_ORDER, Split, Task, dev_suffix, load_task, resolve_tasks
@@ -63,6 +63,8 @@ def finetune(
     tasks = resolve_tasks(ft.task)
     if cfg.impl.threads:
         torch.set_num_threads(cfg.impl.threads)
+    if cfg.impl.keep_host_memory:
+        keep_host_memory()
     device = resolve_device(cfg.impl.device)
     prec = resolve_precision(cfg.impl.precision, device)
     precision = prec.dtype

@@ -12,7 +12,8 @@ Gates are drawn outside the model (`bertpld.pld`), so the model holds no PLD sta
 Padding removal: given `token_index` (the flat positions of the real tokens, see `token_index`),
 the encoder runs every token-wise layer (projections, FFN, LayerNorm, dropout, residuals) on the
 real tokens only, an (N, H) tensor, and re-pads just around attention; the output is re-padded
-with zeros. The same maths as the padded model at every real token; padding costs no compute.
+with zeros. The same maths as the padded model at every real token; padding costs no compute
+(except the few padding rows `token_index(..., multiple)` adds to round N up).
 
 Parameter names are ours; `bertpld.hf` maps them to Hugging Face names in both directions.
 Shapes: B batch, T sequence, H hidden, nh heads, hs head size, P masked positions, V padded vocab.
@@ -45,14 +46,25 @@ class PretrainOutput(NamedTuple):
     """(B, 2), 0 = is next; None for a model built without NSP."""
 
 
-def token_index(attention_mask: Tensor) -> Tensor:
+def token_index(attention_mask: Tensor, multiple: int = 1) -> Tensor:
     """Flat positions (in B x T) of the real tokens, for `token_index=`. Compute it on the CPU
     batch: on a GPU tensor, `nonzero` waits for the device.
 
     The unpadded model equals the padded one wherever something reads the hidden states at a real
     token; padding positions read as zeros. The heads read the MLM positions and [CLS] (position
-    0), which the reader always puts on real tokens (unused MLM slots point at [CLS])."""
-    return attention_mask.reshape(-1).nonzero().squeeze(1)
+    0), which the reader always puts on real tokens (unused MLM slots point at [CLS]).
+
+    `multiple` > 1 adds padding positions after the real ones until the count is a multiple of it
+    (or every position is in): the encoder then sees a few distinct row counts instead of a new one
+    per batch. On a CPU each new matmul shape costs oneDNN a new JIT-compiled kernel (see
+    `ImplConfig.unpad_multiple`). The added rows are computed like tokens but never read: attention
+    masks them as keys, and nothing reads the hidden states at a padding position."""
+    flat = attention_mask.reshape(-1)
+    index = flat.nonzero().squeeze(1)
+    extra = -len(index) % multiple
+    if extra:
+        index = torch.cat([index, (flat == 0).nonzero().squeeze(1)[:extra]])
+    return index
 
 
 # ---------------------------------------------------------------------------------------------

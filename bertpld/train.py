@@ -54,7 +54,14 @@ from bertpld.config import (
 )
 from bertpld.data import unigram
 from bertpld.data.reader import PretrainReader, load_manifest
-from bertpld.device import DTYPES, Precision, cpu_bf16_support, resolve_device, resolve_precision
+from bertpld.device import (
+    DTYPES,
+    Precision,
+    cpu_bf16_support,
+    keep_host_memory,
+    resolve_device,
+    resolve_precision,
+)
 from bertpld.errors import BertpldError
 from bertpld.flops import peak_flops, step_flops
 from bertpld.model import BertForPreTraining, PretrainOutput, token_index
@@ -74,6 +81,7 @@ RESUMABLE_CHANGES += ("impl.micro_batch_size",)
 # training. impl.precision and impl.unpad change the numbers, so they must stay as they were (fp16
 # also carries grad-scaler state).
 SPEED_ONLY_ON_RESUME = ("impl.device", "impl.compile", "impl.fused_optimizer", "impl.threads")
+SPEED_ONLY_ON_RESUME += ("impl.keep_host_memory",)
 
 
 @dataclass
@@ -393,6 +401,7 @@ def _pretrain(
     # (torch.set_num_threads turns MKL's dynamic mode off), which made a resumed run differ from
     # an uninterrupted one in the last digits now and then (README, "Determinism").
     torch.set_num_threads(cfg.impl.threads or torch.get_num_threads())
+    host_memory = keep_host_memory() if cfg.impl.keep_host_memory else ""
     manifest = load_manifest(cfg.data.path)
     resolve_vocab(cfg, manifest)
     _fit_micro_batch(cfg, world)
@@ -419,7 +428,7 @@ def _pretrain(
     if dist.is_main():
         try:
             held.enter_context(lock.hold(out, "bertpld pretrain"))
-            ckpt = _prepare_run_dir(cfg, out, resume, overwrite, tokens_per_seq, prec)
+            ckpt = _prepare_run_dir(cfg, out, resume, overwrite, tokens_per_seq, prec, host_memory)
         except BertpldError as e:
             error = str(e)
         except OSError as e:
@@ -738,7 +747,13 @@ def resolve_vocab(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
 
 
 def _prepare_run_dir(
-    cfg: PretrainConfig, out: Path, resume: bool, overwrite: bool, tokens_per_seq: float, prec: Precision
+    cfg: PretrainConfig,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    tokens_per_seq: float,
+    prec: Precision,
+    host_memory: str,
 ) -> str | None:
     """Create or check the run directory; return the checkpoint to resume from, if any."""
     saved = out / "config.json"
@@ -753,7 +768,7 @@ def _prepare_run_dir(
                 raise BertpldError(
                     f"--resume {out}: {k} was {a!r} in that run, now {b!r}; a resumed run may change only "
                     "when it stops, logs and saves, its micro-batch and world size, "
-                    "and impl.device/compile/fused_optimizer/threads"
+                    "and impl.device/compile/fused_optimizer/threads/keep_host_memory"
                 )
             old_cfg = config_from_dict(PretrainConfig, old)
             old_cfg.model.vocab_size = cfg.model.vocab_size  # as resolved from the same data
@@ -807,15 +822,16 @@ def _prepare_run_dir(
             unigram.MANIFEST_KEY: unigram.val_unigram_ce(cfg.data.path, manifest),
         },
     )
-    atomic_write_json(out / "env.json", environment(prec))
+    atomic_write_json(out / "env.json", environment(prec, host_memory))
     return None
 
 
-def environment(prec: Precision) -> dict[str, Any]:
+def environment(prec: Precision, host_memory: str = "") -> dict[str, Any]:
     """Hardware and software the run used, and the precision it computes in (read by `bertpld report`)."""
     env: dict[str, Any] = {
         "precision": prec.name,
         "precision_reason": prec.reason,
+        "host_memory": host_memory or "malloc defaults",
         "cpu_bf16": cpu_bf16_support() or None,
         "bertpld": __version__,
         "python": platform.python_version(),
@@ -854,7 +870,7 @@ def _truncate_metrics(out: Path, step: int) -> None:
 def _with_token_index(batch: dict[str, torch.Tensor], cfg: PretrainConfig) -> dict[str, torch.Tensor]:
     """Add the real tokens' positions (impl.unpad), computed here on the CPU batch: no device sync."""
     if cfg.impl.unpad:
-        batch["token_index"] = token_index(batch["attention_mask"])
+        batch["token_index"] = token_index(batch["attention_mask"], cfg.impl.unpad_multiple)
     return batch
 
 

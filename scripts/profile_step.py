@@ -40,7 +40,7 @@ from bertpld import pld
 from bertpld.atomic import atomic_write_json
 from bertpld.config import PretrainConfig, load_config, parse_set, resolve_config_path
 from bertpld.data.reader import PretrainReader, load_manifest
-from bertpld.device import cpu_bf16_support, resolve_device, resolve_precision
+from bertpld.device import cpu_bf16_support, keep_host_memory, resolve_device, resolve_precision
 from bertpld.phases import OTHER, PHASES, PhaseClock
 from bertpld.train import build_trainer, expected_step_flops, resolve_vocab, schedule_steps, train_step
 
@@ -225,6 +225,9 @@ def main() -> None:
         a: Arm(arm_config(args.shape, a, data, args.device, args.threads, args.set))
         for a in args.arms.split(",")
     }
+    # the trainer's allocator setting (process-wide: --set impl.keep_host_memory=false for all arms)
+    keep = {a.cfg.impl.keep_host_memory for a in arms.values()}
+    host_memory = keep_host_memory() if keep == {True} else ""
     for arm in arms.values():
         arm.run(args.warmup)
     for r in range(args.rounds):
@@ -267,6 +270,7 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "device": some.device.type,
                 "precision": some.precision.name,
+                "host_memory": host_memory or "malloc defaults",
                 "cpu_bf16": cpu_bf16_support() or None,
                 "machine": platform.processor() or platform.machine(),
                 "cpu_count": os.cpu_count(),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,16 @@ from bertpld.device import cpu_bf16_support, resolve_precision
 from bertpld.errors import BertpldError
 
 CPU = torch.device("cpu")
+
+WHERE = """
+import sys, torch
+from bertpld.device import keep_host_memory
+said = keep_host_memory() if sys.argv[1] == "keep" else "-"
+x = torch.ones(10 << 20)  # 40 MiB: above glibc's largest dynamic mmap threshold (32 MiB)
+heap = [line.split()[0] for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+inside = any(int(lo, 16) <= x.data_ptr() < int(hi, 16) for lo, hi in (r.split("-") for r in heap))
+print(said.split()[0], "heap" if inside else "mapping")
+"""
 
 
 @pytest.mark.parametrize(
@@ -60,3 +72,16 @@ def test_explicit_precision_is_taken_as_asked(monkeypatch) -> None:
 def test_auto_on_gpu_is_bf16() -> None:
     prec = resolve_precision("auto", torch.device("cuda", 0))  # a device object; nothing runs on it
     assert prec.dtype == torch.bfloat16 and prec.reason == "auto: bf16 on GPU"
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
+)
+def test_kept_host_memory_puts_large_tensors_on_the_heap() -> None:
+    """glibc gives a 40 MiB block its own mapping, unmapped (and faulted in again, zero-filled, on
+    the next step) when freed; with keep_host_memory it comes from the heap, which is kept."""
+    said = {}
+    for mode in ("keep", "default"):
+        done = subprocess.run([sys.executable, "-c", WHERE, mode], capture_output=True, text=True, check=True)
+        said[mode] = done.stdout.split()
+    assert said == {"keep": ["glibc", "heap"], "default": ["-", "mapping"]}

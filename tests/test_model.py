@@ -349,14 +349,24 @@ def test_compiled_blocks_settle_with_a_varying_real_token_count() -> None:
     assert counter.frame_count == settled <= 8, (settled, counter.frame_count)
 
 
-@pytest.mark.parametrize("norm", ["post", "pre"])
-def test_unpadded_encoder_computes_what_the_padded_one_does(norm: str) -> None:
-    """token_index: same loss, logits and gradients; padding rows of the hidden states are zeros."""
+@pytest.mark.parametrize(("norm", "multiple"), [("post", 1), ("pre", 1), ("post", 4), ("pre", 4)])
+def test_unpadded_encoder_computes_what_the_padded_one_does(norm: str, multiple: int) -> None:
+    """token_index: same loss, logits and gradients; padding rows of the hidden states are zeros
+    (multiple 1), or hold what the encoder computed there for the rows added to round the count
+    up (multiple 4), which nothing reads."""
     m = perturbed(BertForPreTraining(tiny(norm, dropout=0.0), nsp=True)).train()
     b = batch()
     pld = {"gates": [True, False, True, True], "keep_probs": [0.9, 0.8, 0.7, 0.6]} if norm == "pre" else {}
-    index = token_index(b["attention_mask"])
-    assert len(index) == int(b["attention_mask"].sum()) < b["attention_mask"].numel()
+    index = token_index(b["attention_mask"], multiple)
+    real_count = int(b["attention_mask"].sum())
+    if multiple == 1:
+        assert len(index) == real_count < b["attention_mask"].numel()
+    else:
+        assert len(index) % multiple == 0 and real_count < len(index) < b["attention_mask"].numel()
+        assert b["attention_mask"].reshape(-1)[index[real_count:]].sum() == 0  # the added rows: padding
+    assert (
+        sorted(index[:real_count].tolist()) == b["attention_mask"].reshape(-1).nonzero().squeeze(1).tolist()
+    )
     results = []
     for idx in (None, index):
         m.zero_grad(set_to_none=True)
@@ -374,7 +384,7 @@ def test_unpadded_encoder_computes_what_the_padded_one_does(norm: str) -> None:
     padded = m.bert(b["input_ids"], b["token_type_ids"], b["attention_mask"])
     real = b["attention_mask"].bool()
     torch.testing.assert_close(hidden[real], padded[real], atol=1e-5, rtol=1e-5)
-    assert hidden[~real].abs().sum() == 0
+    assert (hidden[~real].abs().sum() == 0) == (multiple == 1)
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -1,0 +1,133 @@
+"""What a training step costs the host beyond its maths: page faults, oneDNN kernel builds, memory.
+
+Each setting trains the demo config (one arm, default: PLD) in its own fresh process, the
+settings interleaved and repeated; after --warmup steps, over --steps steps it counts per step
+the minor page faults (getrusage), the oneDNN primitives created (cache misses, from
+ONEDNN_VERBOSE=profile_create) and the growth of the resident memory, and times the steps. The settings:
+
+    impl.keep_host_memory   glibc malloc keeps freed memory (bertpld.device.keep_host_memory)
+    impl.unpad_multiple     the encoder's row count rounded up to a multiple (bertpld.model.token_index)
+
+    python scripts/bench_host.py --json docs/measurements/cpu_host_step_costs.json
+    python scripts/bench_host.py --arm pre --steps 20 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = {
+    "before (malloc defaults, real tokens only)": ["impl.keep_host_memory=false", "impl.unpad_multiple=1"],
+    "memory kept": ["impl.keep_host_memory=true", "impl.unpad_multiple=1"],
+    "memory kept, rows to a multiple of 64": ["impl.keep_host_memory=true", "impl.unpad_multiple=64"],
+}
+
+CHILD = """
+import ctypes, json, os, resource, sys, time
+sys.path.insert(0, os.path.join(sys.argv[1], "scripts"))
+from bertpld.device import keep_host_memory
+from profile_step import Arm, arm_config
+arm, warmup, steps, threads = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+a = Arm(arm_config("demo", arm, sys.argv[6], "cpu", threads, sys.argv[7:]))
+if a.cfg.impl.keep_host_memory:
+    keep_host_memory()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def mark(text):  # oneDNN's verbose lines go through C stdio: flush them before the marker
+    ctypes.CDLL(None).fflush(None)
+    os.write(1, text.encode() + b"\\n")
+a.run(warmup)
+mark("=== measured ===")
+faults, mem, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, rss(), time.perf_counter()
+times = []
+for _ in range(steps):
+    t = time.perf_counter()
+    a.run(1)
+    times.append(time.perf_counter() - t)
+out = {"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, "rss_growth": rss() - mem,
+       "rss": rss(), "step_ms": [1e3 * t for t in times]}
+mark("=== end ===")
+mark(json.dumps(out))
+"""
+
+
+def run_once(args, sets: list[str]) -> dict:
+    env = {**os.environ, "ONEDNN_VERBOSE": "profile_create", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", CHILD, str(ROOT), args.arm, str(args.warmup), str(args.steps)]
+    cmd += [str(args.threads), args.data, *sets]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"error: a measured run failed:\n{done.stderr[-2000:]}")
+    lines = done.stdout.splitlines()
+    res = json.loads(lines[-1])
+    measured = lines[lines.index("=== measured ===") : lines.index("=== end ===")]
+    res["onednn_kernels_created"] = sum("create:cache_miss" in line for line in measured)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="data/demo")
+    ap.add_argument("--arm", default="pld", choices=["post", "pre", "pld"])
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    if not (Path(args.data) / "manifest.json").is_file():
+        sys.exit(f"error: {args.data}: no prepared data (bertpld prepare --out {args.data})")
+    runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    for r in range(args.repeats):
+        for name, sets in SETTINGS.items():
+            runs[name].append(run_once(args, sets))
+            print(f"repeat {r + 1}, {name}: done", flush=True)
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = {
+            "minor_faults_per_step": statistics.median(x["faults"] / args.steps for x in rs),
+            "onednn_kernels_created_per_step": statistics.median(
+                x["onednn_kernels_created"] / args.steps for x in rs
+            ),
+            "rss_growth_mib_per_step": statistics.median(x["rss_growth"] / 2**20 / args.steps for x in rs),
+            "rss_mib_at_end": statistics.median(x["rss"] / 2**20 for x in rs),
+            "median_step_ms": statistics.median(t for x in rs for t in x["step_ms"]),
+        }
+        s = summary[name]
+        print(
+            f"{name}: {s['minor_faults_per_step']:.0f} minor faults/step, "
+            f"{s['onednn_kernels_created_per_step']:.1f} oneDNN kernels built/step, "
+            f"RSS +{s['rss_growth_mib_per_step']:.2f} MiB/step (ends at {s['rss_mib_at_end']:.0f} MiB), "
+            f"median step {s['median_step_ms']:.1f} ms"
+        )
+    if args.json:
+        from bertpld.atomic import atomic_write_json
+
+        atomic_write_json(
+            Path(args.json),
+            {
+                "command": "python " + " ".join(sys.argv),
+                "arm": args.arm,
+                "threads": args.threads,
+                "warmup": args.warmup,
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "machine": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "settings": SETTINGS,
+                "summary": summary,
+                "runs": runs,
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
