@@ -52,6 +52,7 @@ bench:
 	$(PYTHON) scripts/bench_data.py
 	$(PYTHON) scripts/bench_model.py
 	$(PYTHON) scripts/bench_train.py
+	$(PYTHON) scripts/bench_host.py
 
 clean:
 	rm -rf runs data build *.egg-info .pytest_cache .installed

@@ -85,8 +85,8 @@ def keep_host_memory() -> str:
     torch's CPU allocator has no cache: every tensor is a malloc and every free a free. glibc hands
     a block above its mmap threshold (dynamic, 128 KiB to 32 MiB) its own mapping, unmapped again
     when freed, and trims the heap's free top back to the OS; the next step then page-faults the
-    same activations in again, zero-filled by the kernel. On the 2-core VM this was 12-14 thousand
-    minor faults per demo step and 12-20% of its time (docs/measurements/cpu_host_memory_*.json).
+    same activations in again, zero-filled by the kernel: ~8,000 minor faults per demo step on the
+    project's 2-core VM (scripts/bench_host.py, docs/measurements/cpu_host_step_costs_*.json).
     Both thresholds at 1 GiB keep those pages in the process (the price: its resident memory stays
     at its peak). Process-wide; with jemalloc or tcmalloc preloaded this changes nothing they use.
     """

@@ -17,8 +17,13 @@ Per depth L (the demo config with model.num_layers = L, hidden 128):
 Then the ladder table (ladder.md, ladder.json): per depth and arm the final validation MLM loss
 (mean, range over seeds), how far below the unigram line, and PLD's time-to-target speed-up in
 FLOPs and wall-clock against the tuned and the paper-style baselines, with the report's
-within/beyond-noise verdicts. Every stage reuses finished runs: an interrupted ladder continues
-where it stopped. Runs go --jobs at a time, one thread each.
+within/beyond-noise verdicts; what it cost (runs, their training hours, and the wall-clock of every
+invocation, kept in ladder-time.json across interruptions); and ladder.png, PLD's advantage against
+depth. Every stage reuses finished runs: an interrupted ladder continues where it stopped. Runs go
+--jobs at a time, one thread each.
+
+    python scripts/ladder.py --merge docs/measurements/cpu_ladder_depth6.json \
+        docs/measurements/cpu_ladder_depth12.json --out /tmp/all    # one table and plot, no runs
 """
 
 from __future__ import annotations
@@ -53,8 +58,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--out", default="runs/ladder")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
+    ap.add_argument("--merge", nargs="+", default=[], help="ladder.json files to combine; runs nothing")
     args = ap.parse_args()
-    t0 = time.time()
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     try:
         depths = [int(x) for x in args.depths.split(",")]
         seeds = [int(x) for x in args.seeds.split(",")]
@@ -64,22 +71,87 @@ def main() -> None:
     if not (Path(args.data) / "manifest.json").is_file():
         ap.error(f"--data {args.data}: no prepared data; run `bertpld prepare --out {args.data}` first")
     out = Path(args.out)
-    rows, sweeps = [], {}
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out / "ladder-time.json", depths)
+    rows, sweeps, compute = [], {}, {}
     for depth in depths:
         depth_rows, sweeps[depth] = rung(args, depth, seeds, out / f"depth-{depth}")
+        compute[depth] = run_compute(out / f"depth-{depth}" / "sweep")
+        ledger.update()
         rows += depth_rows
     table = {
         "depths": depths,
         "seeds": seeds,
         "rows": rows,
         "sweeps": sweeps,  # per depth: every arm's lr grid, one row per (arm, lr), seed by seed
-        "seconds_this_invocation": round(time.time() - t0),
+        "compute": compute,
+        "invocations": ledger.entries,
+        "wall_clock_s": sum(e["seconds"] for e in ledger.entries),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    md = render(rows)
+    write_outputs(out, table)
+
+
+def write_outputs(out: Path, table: dict) -> None:
+    md = render(table["rows"]) + "\n\n" + render_compute(table) + "\n"
     atomic_write_json(out / "ladder.json", table)
-    atomic_write_text(out / "ladder.md", md + "\n")
+    atomic_write_text(out / "ladder.md", md)
+    plot(table["rows"], out / "ladder.png")
     print(md)
+
+
+def merge(paths: list[str], out: Path) -> None:
+    """One table, cost summary and plot from several ladder.json files (e.g. one per depth)."""
+    tables = []
+    for p in paths:
+        try:
+            tables.append(json.loads(Path(p).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            sys.exit(f"error: --merge {p}: not a ladder.json ({e})")
+        if not isinstance(tables[-1].get("rows"), list):
+            sys.exit(f"error: --merge {p}: no 'rows' list; expected the ladder.json of scripts/ladder.py")
+    out.mkdir(parents=True, exist_ok=True)
+    table = {
+        "merged_from": paths,
+        "depths": [d for t in tables for d in t["depths"]],
+        "seeds": tables[0].get("seeds"),
+        "rows": [r for t in tables for r in t["rows"]],
+        "sweeps": {str(k): v for t in tables for k, v in t.get("sweeps", {}).items()},
+        "compute": {str(k): v for t in tables for k, v in (t.get("compute") or sweep_compute(t)).items()},
+        "invocations": [e for t in tables for e in t.get("invocations", [])],
+        "wall_clock_s": sum(t.get("wall_clock_s") or 0 for t in tables),
+    }
+    write_outputs(out, table)
+
+
+class Ledger:
+    """The wall-clock of every invocation of the ladder in `path`, this one's updated as it goes,
+    so that the ladder's cost survives interruptions."""
+
+    def __init__(self, path: Path, depths: list[int]) -> None:
+        self.path, self.t0 = path, time.time()
+        old = json.loads(path.read_text()) if path.is_file() else []
+        self.entries = [*old, {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "depths": depths, "seconds": 0}]
+        self.update()
+
+    def update(self) -> None:
+        self.entries[-1]["seconds"] = round(time.time() - self.t0)
+        atomic_write_json(self.path, self.entries)
+
+
+def sweep_compute(table: dict) -> dict:
+    """run_compute from a ladder.json's sweep tables (for one written before it recorded compute):
+    a seed run at the best lr repeats the grid's run of that lr, so runs are told apart by wall_s."""
+    out = {}
+    for depth, rows in table.get("sweeps", {}).items():
+        runs = {(r["arm"], r["lr"], w) for r in rows for w in r["wall_s"] if w}
+        out[depth] = {"runs": len(runs), "run_hours": round(sum(w for *_, w in runs) / 3600, 3)}
+    return out
+
+
+def run_compute(sweep_dir: Path) -> dict:
+    """How many runs a depth trained and their summed training wall-clock (each run's own)."""
+    walls = [json.loads(p.read_text()).get("wall_s") or 0.0 for p in sorted(sweep_dir.glob("*/summary.json"))]
+    return {"runs": len(walls), "run_hours": round(sum(walls) / 3600, 3)}
 
 
 def rung(args: argparse.Namespace, depth: int, seeds: list[int], out: Path) -> tuple[list[dict], list[dict]]:
@@ -213,6 +285,78 @@ def render(rows: list[dict]) -> str:
             f"{_num(r['speedup_wall_s'])} | {versus} |"
         )
     return "\n".join(lines)
+
+
+def render_compute(table: dict) -> str:
+    runs = sum(c["runs"] for c in table["compute"].values())
+    hours = sum(c["run_hours"] for c in table["compute"].values())
+    per = ", ".join(
+        f"depth {d}: {c['runs']} runs, {c['run_hours']:.1f} h" for d, c in table["compute"].items()
+    )
+    return (
+        f"Compute: {runs} runs, {hours:.1f} run-hours of training ({per}); "
+        f"wall-clock of the ladder's invocations {table['wall_clock_s'] / 3600:.2f} h."
+    )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """PLD's (and Pre-LN's) final loss minus the baseline's, against depth, seed ranges as bars;
+    and PLD's FLOPs speed-up to the baseline's mean final loss. One line per baseline."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    loss_ax, speed_ax = fig.subplots(1, 2)
+    styles = {"post": ("tuned Post-LN", "-"), "paper": ("paper-style Post-LN (lr / 10)", "--")}
+    for baseline, (name, ls) in styles.items():
+        by_depth = {}
+        for r in rows:
+            if r["baseline"] == baseline and r["final_val_mlm_loss"]:
+                by_depth.setdefault(r["depth"], {})[r["arm"].split(" (")[0]] = r
+        depths = sorted(by_depth)
+        if baseline == "post":  # the tuned baseline's own seed range around its mean
+            for d in depths:
+                b = next((v for v in by_depth[d].values() if "baseline" in v["arm"]), None)
+                if b:
+                    loss = b["final_val_mlm_loss"]
+                    span = (loss["min"] - loss["mean"], loss["max"] - loss["mean"])
+                    loss_ax.fill_between([d - 0.4, d + 0.4], *span, color="grey", alpha=0.25, lw=0)
+            loss_ax.set_xticks(depths)
+            speed_ax.set_xticks(depths)
+        for arm, color in (("PLD", "#2ca02c"), ("Pre-LN", "#ff7f0e")):
+            pts = [
+                (d, by_depth[d][arm]["final_val_mlm_loss"], by_depth[d]) for d in depths if arm in by_depth[d]
+            ]
+            pts = [(d, loss, next(v for k, v in rs.items() if "baseline" in v["arm"])) for d, loss, rs in pts]
+            if not pts:
+                continue
+            xs = [d for d, _, _ in pts]
+            ys = [loss["mean"] - b["final_val_mlm_loss"]["mean"] for _, loss, b in pts]
+            lo = [y - (loss["min"] - b["final_val_mlm_loss"]["mean"]) for y, (_, loss, b) in zip(ys, pts)]
+            hi = [(loss["max"] - b["final_val_mlm_loss"]["mean"]) - y for y, (_, loss, b) in zip(ys, pts)]
+            loss_ax.errorbar(
+                xs, ys, yerr=[lo, hi], color=color, ls=ls, marker="o", capsize=4, label=f"{arm} vs {name}"
+            )
+            if arm == "PLD":
+                sp = [
+                    (d, r["speedup_flops"])
+                    for d in depths
+                    if (r := by_depth[d].get(arm)) and r["speedup_flops"]
+                ]
+                if sp:
+                    speed_ax.plot(*zip(*sp), color=color, ls=ls, marker="o", label=f"PLD vs {name}")
+    loss_ax.axhline(0, color="grey", lw=0.8)
+    loss_ax.set(xlabel="encoder blocks", ylabel="final val MLM loss - baseline mean (nats)")
+    loss_ax.set_title("below 0: better than the baseline; bars: seed range; grey: the baseline's", fontsize=9)
+    speed_ax.axhline(1, color="grey", lw=0.8)
+    speed_ax.set(xlabel="encoder blocks", ylabel="FLOPs speed-up to the baseline's mean loss")
+    speed_ax.set_title("seeds that reach it (mean); none plotted if none do", fontsize=9)
+    for ax in (loss_ax, speed_ax):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path) + ".tmp.png", dpi=110)
+    Path(str(path) + ".tmp.png").replace(path)
 
 
 def _num(v) -> str:

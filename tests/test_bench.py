@@ -318,6 +318,27 @@ def test_ladder_smoke(tmp_path: Path) -> None:
     ]
     assert len(paper) == 2  # the paper's pairing: Post-LN at PLD's lr / 10, both seeds
     assert "| 2 | paper |" in (tmp_path / "ladder" / "ladder.md").read_text()
+    # the grid (3 arms x 2 lrs), seed 2 of each arm, 2 paper runs (one may be a grid run: 1e-2 / 10)
+    n_runs = len(list(sweep.glob("*/summary.json")))
+    assert table["compute"]["2"]["runs"] == n_runs and n_runs in (10, 11)
+    walls = sum(json.loads(p.read_text())["wall_s"] for p in sweep.glob("*/summary.json"))
+    assert table["compute"]["2"]["run_hours"] == pytest.approx(walls / 3600, abs=1e-3)
+    assert (tmp_path / "ladder" / "ladder.png").stat().st_size > 10_000
     stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("*/summary.json")}
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    ledger = json.loads((tmp_path / "ladder" / "ladder-time.json").read_text())
+    assert len(ledger) == 2 and ledger[0]["seconds"] > ledger[1]["seconds"] >= 0  # the rerun trains nothing
+    # --merge: one table from several ladder.json files, running nothing
+    first = tmp_path / "ladder" / "ladder.json"
+    merged = subprocess.run(
+        [*args[:2], "--merge", str(first), str(first), "--out", str(tmp_path / "merged")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert merged.returncode == 0, merged.stderr
+    both = json.loads((tmp_path / "merged" / "ladder.json").read_text())
+    assert both["rows"] == 2 * json.loads(first.read_text())["rows"]

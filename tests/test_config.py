@@ -132,3 +132,23 @@ def test_a_broken_saved_config_is_a_one_line_error(tmp_path: Path) -> None:
     bad.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="expected a JSON object"):
         read_config_json(bad)
+
+
+def test_a_user_error_with_line_breaks_prints_as_one_line(monkeypatch, capsys) -> None:
+    """A BertpldError quoting a multi-line message (a parser's, an OS error's) still reaches the
+    user as one `error:` line, with exit code 2."""
+    from bertpld import cli
+    from bertpld.errors import BertpldError
+
+    assert str(BertpldError("config.toml: bad value\n  line 3\n\n  ^ here\n")) == (
+        "config.toml: bad value; line 3; ^ here"
+    )
+
+    def broken() -> None:
+        raise ConfigError("data.path: no such file\nexpected a prepared data directory")
+
+    monkeypatch.setattr(cli, "app", broken)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: data.path: no such file; expected a prepared data directory\n"

@@ -189,6 +189,7 @@ def test_interrupted_prepare_resumes_at_first_unfinished_shard(tmp_path, corpus,
     with pytest.raises(KeyboardInterrupt):
         prep.prepare(_cfg(corpus), out, progress=False)
     assert not (out / "manifest.json").exists()  # never looks complete
+    assert (out / ".prepare-progress.json").is_file()
     first = {p: p.stat().st_mtime_ns for p in out.rglob("shard-*.npz")}
     assert len(first) == 2
 
@@ -204,6 +205,8 @@ def test_interrupted_prepare_resumes_at_first_unfinished_shard(tmp_path, corpus,
     assert len(resumed) == n_shards - 2
     assert {p: p.stat().st_mtime_ns for p in first} == first  # finished shards untouched
     assert m["splits"] == reference["splits"] and m["fingerprint"] == reference["fingerprint"]
+    assert not (out / ".prepare-progress.json").exists()  # finished: nothing left of the resume state
+    assert prep.prepare(_cfg(corpus), out, progress=False) == m  # and a rerun is still a no-op
 
 
 def test_a_second_prepare_is_refused_while_one_writes(tmp_path, corpus):

@@ -205,6 +205,7 @@ def _prepare(
     write_verified(out, {r["path"]: verified_mark(out, r) for s in SPLITS for r in splits[s].records})
     with _writing(out / MANIFEST):
         atomic_write_json(out / MANIFEST, manifest)
+    (out / PROGRESS).unlink(missing_ok=True)  # finished: the manifest holds what it held
     seconds = time.perf_counter() - t0
     _summary(console, out, manifest, seconds)
     console.print(
