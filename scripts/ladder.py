@@ -8,10 +8,12 @@ Per depth L (the demo config with model.num_layers = L, hidden 128):
   budget   executed FLOPs: the demo's train.max_flops x (FLOPs of a step at L / at the demo's
            depth), so every depth trains for about the demo's number of steps (865 for Post-LN);
            the table flags a depth whose tuned baseline ends less than 1.0 nat below the unigram line
-  sweep    scripts/sweep_lr.py over --lrs for every arm, one seed; an arm whose best lr lies at an
-           edge of its grid gets the next lr beyond it (x or / --step), up to --extend times, so the
-           optimum is bracketed
+  sweep    every arm over --lrs, one seed (scripts/sweep_lr.py's runs and table); an arm whose best
+           lr lies at an edge of its grid gets the next lr beyond it (x or / --step), up to --extend
+           times, so the optimum is bracketed
   seeds    every arm at its best lr with --seeds (the sweep's run is reused for its seed)
+  queue    one queue of --jobs workers for all arms: an arm's next runs are queued as soon as its
+           own results decide them, so a worker never idles while another arm still sweeps
   paper    at 12 blocks, also Post-LN at one tenth of PLD's best lr, the paper's pairing
   report   `bertpld report` over each depth's seed runs (baseline: the tuned Post-LN arm)
 Then the ladder table (ladder.md, ladder.json): per depth and arm the final validation MLM loss
@@ -33,13 +35,17 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from bertpld.atomic import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
-SWEEP = ROOT / "scripts" / "sweep_lr.py"
+sys.path.insert(0, str(ROOT / "scripts"))
+import sweep_lr  # noqa: E402  (scripts/ is not a package)
+
 ARMS = ("post", "pre", "pld")
 
 
@@ -75,7 +81,7 @@ def main() -> None:
     ledger = Ledger(out / "ladder-time.json", depths)
     rows, sweeps, compute = [], {}, {}
     for depth in depths:
-        depth_rows, sweeps[depth] = rung(args, depth, seeds, out / f"depth-{depth}")
+        depth_rows, sweeps[depth] = rung(args, depth, seeds, out / f"depth-{depth}", ledger)
         compute[depth] = run_compute(out / f"depth-{depth}" / "sweep")
         ledger.update()
         rows += depth_rows
@@ -124,18 +130,19 @@ def merge(paths: list[str], out: Path) -> None:
 
 
 class Ledger:
-    """The wall-clock of every invocation of the ladder in `path`, this one's updated as it goes,
-    so that the ladder's cost survives interruptions."""
+    """The wall-clock of every invocation of the ladder in `path`, this one's updated whenever a run
+    ends, so that the ladder's cost survives interruptions."""
 
     def __init__(self, path: Path, depths: list[int]) -> None:
-        self.path, self.t0 = path, time.time()
+        self.path, self.t0, self.lock = path, time.time(), threading.Lock()
         old = json.loads(path.read_text()) if path.is_file() else []
         self.entries = [*old, {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "depths": depths, "seconds": 0}]
         self.update()
 
     def update(self) -> None:
-        self.entries[-1]["seconds"] = round(time.time() - self.t0)
-        atomic_write_json(self.path, self.entries)
+        with self.lock:
+            self.entries[-1]["seconds"] = round(time.time() - self.t0)
+            atomic_write_json(self.path, self.entries)
 
 
 def sweep_compute(table: dict) -> dict:
@@ -154,36 +161,71 @@ def run_compute(sweep_dir: Path) -> dict:
     return {"runs": len(walls), "run_hours": round(sum(walls) / 3600, 3)}
 
 
-def rung(args: argparse.Namespace, depth: int, seeds: list[int], out: Path) -> tuple[list[dict], list[dict]]:
+def rung(
+    args: argparse.Namespace, depth: int, seeds: list[int], out: Path, ledger: Ledger
+) -> tuple[list[dict], list[dict]]:
     """Sweep, seeds, paper-style baseline and report of one depth; its ladder rows and its sweep
-    table (the grid's rows, then the seed runs' rows)."""
+    table (the grid's rows, then the seed runs' rows).
+
+    Every arm goes its own way on one pool of --jobs workers: its grid, an lr beyond an edge that
+    holds its best (up to --extend times), then its seeds at its best lr (PLD then also the
+    paper-style baseline), each run queued as soon as what decides it is known, so no worker
+    waits for another arm's runs."""
     sets = [f"model.num_layers={depth}", f"train.max_flops={budget(args, depth):.6g}", *args.set]
-    grid = {arm: sorted(float(x) for x in args.lrs.split(",")) for arm in ARMS}
-    for _ in range(args.extend + 1):  # sweep; widen a grid whose best lies at its edge
-        table = sweep(args, out / "sweep", sets, grid, [seeds[0]])
-        wider = False
-        for arm in ARMS:
+    extra = [x for s in sets for x in ("--set", s)]
+    first = sorted(float(x) for x in args.lrs.split(","))
+    pool = ThreadPoolExecutor(args.jobs)
+    queued: dict[tuple[str, float, int], Future] = {}
+    lock = threading.Lock()
+
+    def results(arm: str, lrs: list[float], seeds_: list[int]) -> dict:
+        with lock:
+            for lr in lrs:
+                for seed in seeds_:
+                    if (arm, lr, seed) not in queued:
+                        path = out / "sweep" / f"{arm}-lr{lr:g}-s{seed}"
+                        train_args = (path, args.data, args.config, arm, lr, seed, extra)
+                        queued[(arm, lr, seed)] = pool.submit(sweep_lr.train, *train_args)
+                        queued[(arm, lr, seed)].add_done_callback(lambda _: ledger.update())
+            keys = [(arm, lr, seed) for lr in lrs for seed in seeds_]
+        return {k: queued[k].result() for k in keys}
+
+    def settle(arm: str) -> dict:
+        grid = list(first)
+        for _ in range(args.extend + 1):  # widen the grid while its best lies at an edge
+            table = sweep_lr.arm_rows(arm, grid, seeds[:1], results(arm, grid, seeds[:1]))
             best = best_row(table, arm)
-            room = len(grid[arm]) < len(args.lrs.split(",")) + 2 * args.extend
-            if best is not None and best["lr"] in (min(grid[arm]), max(grid[arm])) and room:
-                lr = best["lr"]
-                grid[arm].append(lr * args.step if lr == max(grid[arm]) else lr / args.step)
-                grid[arm].sort()
-                wider = True
-        if not wider:
-            break
-    best = {arm: best_row(table, arm) for arm in ARMS}
-    recorded = list(table)
+            if (
+                best is None
+                or best["lr"] not in (grid[0], grid[-1])
+                or len(grid) >= len(first) + 2 * args.extend
+            ):
+                break
+            grid = sorted(
+                [*grid, best["lr"] * args.step if best["lr"] == grid[-1] else best["lr"] / args.step]
+            )
+        done = {"grid": table, "best": best}
+        if best is not None:
+            done["seeds"] = sweep_lr.arm_rows(arm, [best["lr"]], seeds, results(arm, [best["lr"]], seeds))
+            if arm == "pld" and depth == args.paper_depth:
+                lr = best["lr"] / 10
+                done["paper"] = sweep_lr.arm_rows("post", [lr], seeds, results("post", [lr], seeds))
+        return done
+
+    with ThreadPoolExecutor(len(ARMS)) as drivers:
+        settled = dict(zip(ARMS, drivers.map(settle, ARMS)))
+    pool.shutdown()
+    recorded = [row for arm in ARMS for row in settled[arm]["grid"]]
     runs: dict[str, list[Path]] = {}
     for arm in ARMS:
-        if best[arm] is None:
+        if settled[arm]["best"] is None:
             continue
-        lr = best[arm]["lr"]
-        recorded += sweep(args, out / "sweep", sets, {arm: [lr]}, seeds)
+        recorded += settled[arm]["seeds"]
+        lr = settled[arm]["best"]["lr"]
         runs[arm] = [out / "sweep" / f"{arm}-lr{lr:g}-s{s}" for s in seeds]
-    if depth == args.paper_depth and best["pld"] is not None:
-        lr = best["pld"]["lr"] / 10
-        recorded += sweep(args, out / "sweep", sets, {"post": [lr]}, seeds)
+    if "paper" in settled["pld"]:
+        recorded += settled["pld"]["paper"]
+        lr = settled["pld"]["paper"][0]["lr"]
         runs["paper"] = [out / "sweep" / f"post-lr{lr:g}-s{s}" for s in seeds]
     rows = []
     for baseline in ("post", "paper"):
@@ -220,18 +262,6 @@ def budget(args: argparse.Namespace, depth: int) -> float:
     base = expected_step_flops(cfg, cfg.model.num_layers, tokens)
     cfg.model.num_layers = depth
     return cfg.train.max_flops * expected_step_flops(cfg, depth, tokens) / base
-
-
-def sweep(args, out: Path, sets: list[str], grid: dict[str, list[float]], seeds: list[int]) -> list[dict]:
-    """scripts/sweep_lr.py for these arms and lrs (finished runs are reused); its table."""
-    table = []
-    for arm, lrs in grid.items():
-        cmd = [sys.executable, str(SWEEP), "--data", args.data, "--config", args.config, "--arms", arm]
-        cmd += ["--lrs", ",".join(f"{lr:g}" for lr in lrs), "--seeds", ",".join(map(str, seeds))]
-        cmd += ["--jobs", str(args.jobs), "--out", str(out), *(x for s in sets for x in ("--set", s))]
-        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        table += json.loads((out / "sweep.json").read_text())["rows"]
-    return table
 
 
 def best_row(table: list[dict], arm: str) -> dict | None:

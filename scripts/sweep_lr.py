@@ -28,9 +28,20 @@ ARMS = {"post": ["--norm", "post"], "pre": ["--norm", "pre"], "pld": ["--pld"]}
 STUCK = 0.2  # nats: within this of the unigram line a run has learned no language
 
 
+def finished(run: Path) -> bool:
+    """A run that ended on its own stopping rule: its summary says so. A run stopped by a signal
+    (Ctrl-C, a scheduler's SIGTERM) writes a summary too, and is resumed, not reused."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return not str(summary.get("stop_reason", "")).startswith("signal")
+
+
 def train(out: Path, data: str, config: str, arm: str, lr: float, seed: int, extra: list[str]) -> dict:
-    """One run (reused if it finished before); its summary and unigram line."""
-    if not (out / "summary.json").is_file():
+    """One run (reused if it finished before; resumed if it was stopped or killed); its summary
+    and unigram line."""
+    if not finished(out):
         cmd = [sys.executable, "-m", "bertpld.cli", "pretrain", "--config", config, "--data", data]
         cmd += ["--out", str(out), "--seed", str(seed), *ARMS[arm], "--set", f"train.lr={lr}"]
         cmd += ["--set", "impl.threads=1", "--set", "train.save_every=0", *extra]
@@ -55,6 +66,35 @@ def verdict(r: dict) -> str:
     if r["unigram"] is not None and r["unigram"] - loss < STUCK:
         return "stuck"
     return "ok"
+
+
+def arm_rows(arm: str, lrs: list[float], seeds: list[int], results: dict) -> list[dict]:
+    """One table row per lr of `arm` from results[(arm, lr, seed)] (train()'s dicts): the losses
+    of the seeds, their mean (None unless every seed finished), verdicts, and the best lr (the
+    lowest mean among those that learned), flagged when it lies at an edge of the grid."""
+    rows = []
+    for lr in lrs:
+        rs = [results[(arm, lr, s)] for s in seeds]
+        losses = [r["final_val_mlm_loss"] for r in rs if verdict(r) in ("ok", "stuck")]
+        mean = statistics.fmean(losses) if len(losses) == len(rs) else None
+        rows.append(
+            {
+                "arm": arm,
+                "lr": lr,
+                "verdicts": [verdict(r) for r in rs],
+                "final_val_mlm_loss": [r.get("final_val_mlm_loss") for r in rs],
+                "mean": mean,
+                "below_unigram": None if mean is None else rs[0]["unigram"] - mean,
+                "steps": [r.get("steps") for r in rs],
+                "wall_s": [r.get("wall_s") for r in rs],
+            }
+        )
+    ok = [r for r in rows if r["mean"] is not None and "stuck" not in r["verdicts"]]
+    best = min(ok, key=lambda r: r["mean"]) if ok else None
+    for r in rows:
+        r["best"] = r is best
+        r["at_grid_edge"] = r is best and r["lr"] in (min(lrs), max(lrs))
+    return rows
 
 
 def main() -> None:
@@ -88,31 +128,7 @@ def main() -> None:
             loss = r.get("final_val_mlm_loss")
             print(f"{arm} lr {lr:g} seed {seed}: {verdict(r)}, final val MLM loss {loss}", flush=True)
 
-    table = []
-    for arm in arms:
-        rows = []
-        for lr in lrs:
-            rs = [results[(arm, lr, s)] for s in seeds]
-            losses = [r["final_val_mlm_loss"] for r in rs if verdict(r) in ("ok", "stuck")]
-            mean = statistics.fmean(losses) if len(losses) == len(rs) else None
-            rows.append(
-                {
-                    "arm": arm,
-                    "lr": lr,
-                    "verdicts": [verdict(r) for r in rs],
-                    "final_val_mlm_loss": [r.get("final_val_mlm_loss") for r in rs],
-                    "mean": mean,
-                    "below_unigram": None if mean is None else rs[0]["unigram"] - mean,
-                    "steps": [r.get("steps") for r in rs],
-                    "wall_s": [r.get("wall_s") for r in rs],
-                }
-            )
-        ok = [r for r in rows if r["mean"] is not None and "stuck" not in r["verdicts"]]
-        best = min(ok, key=lambda r: r["mean"]) if ok else None
-        for r in rows:
-            r["best"] = r is best
-            r["at_grid_edge"] = r is best and r["lr"] in (min(lrs), max(lrs))
-        table += rows
+    table = [row for arm in arms for row in arm_rows(arm, lrs, seeds, results)]
 
     lines = [
         "| arm | lr | final val MLM loss | below unigram | steps | verdict |",

@@ -102,6 +102,14 @@ def test_sweep_lr_smoke(tmp_path: Path, monkeypatch) -> None:
         again.returncode == 0 and json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"] == rows
     )
     assert {run: (run / "summary.json").stat().st_mtime_ns for run in runs} == runs
+    # a run stopped by a signal wrote a summary too: a rerun resumes it instead of reusing it
+    stopped = next(iter(runs))
+    summary = json.loads((stopped / "summary.json").read_text())
+    (stopped / "summary.json").write_text(json.dumps({**summary, "stop_reason": "signal SIGTERM"}))
+    third = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-2000:]
+    resumed = json.loads((stopped / "summary.json").read_text())
+    assert resumed["stop_reason"] == summary["stop_reason"] and resumed["steps"] == summary["steps"]
 
     # verdicts, each arm's best lr and the grid-edge flag, on made-up results (unigram line 7.0)
     spec = importlib.util.spec_from_file_location("sweep_lr", ROOT / "scripts" / "sweep_lr.py")
