@@ -280,7 +280,8 @@ class ImplConfig:
     """With unpad: the encoder's row count is rounded up to a multiple of this with padding
     positions (1: real tokens only). Each new row count costs a CPU's oneDNN a new JIT-compiled
     matmul kernel per layer shape and direction; rounded, a run meets a few counts instead of one
-    per batch. The extra rows are counted as executed FLOPs. Dropout draws differ, so not on resume."""
+    per batch. The extra rows are not counted as FLOPs (the count stays independent of how a step
+    is cut into micro-batches; they show as time). Dropout draws differ, so not on resume."""
     compile: bool = False
     """torch.compile the model's blocks (falls back to eager if compilation fails)."""
     fused_optimizer: bool = True

@@ -212,7 +212,7 @@ def train_step(tr: Trainer) -> tuple[float, torch.Tensor, str]:
         # (the side group, like the stop agreement; nothing on the GPU)
         local = [
             sum(m.predictions for m in share),
-            sum(micro_step_flops(cfg, m.batch, blocks) for m in share),
+            sum(micro_step_flops(cfg, m, blocks) for m in share),
         ]
         predictions, flops = dist.all_reduce_sum_host(torch.tensor(local, dtype=torch.float64)).tolist()
         predictions = max(predictions, 1.0)
@@ -309,8 +309,12 @@ def optimizer_step(tr: Trainer) -> tuple[torch.Tensor, str]:
     return grad_norm, ""
 
 
-def micro_step_flops(cfg: PretrainConfig, batch: dict[str, torch.Tensor], blocks: int) -> float:
-    """Executed FLOPs of one micro-batch that ran `blocks` blocks."""
+def micro_step_flops(cfg: PretrainConfig, micro: MicroBatch, blocks: int) -> float:
+    """Executed FLOPs of one micro-batch that ran `blocks` blocks. With padding removed, the
+    token-wise layers count the real tokens: the padding rows that round their number up
+    (impl.unpad_multiple) are left out, so that the count, and a FLOPs budget, do not depend on how
+    a step is cut into micro-batches or ranks (they cost time, and show as time per FLOP)."""
+    batch = micro.batch
     input_ids = batch["input_ids"]
     return step_flops(
         cfg.model,
@@ -319,7 +323,7 @@ def micro_step_flops(cfg: PretrainConfig, batch: dict[str, torch.Tensor], blocks
         blocks_executed=blocks,
         mlm_predictions=batch["mlm_positions"].numel(),
         nsp="nsp_labels" in batch,
-        tokens=len(batch["token_index"]) if "token_index" in batch else None,
+        tokens=micro.tokens if "token_index" in batch else None,
     )
 
 

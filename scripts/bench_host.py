@@ -1,6 +1,7 @@
 """What a training step costs the host beyond its maths: page faults, oneDNN kernel builds, memory.
 
-Each setting trains the demo config (one arm, default: PLD) in its own fresh process, the
+Each setting trains a shape of scripts/profile_step.py (default: the demo; one arm, default: PLD)
+in its own fresh process, the
 settings interleaved and repeated; after --warmup steps, over --steps steps it counts per step
 the minor page faults (getrusage), the oneDNN primitives created (cache misses, from
 ONEDNN_VERBOSE=profile_create) and the growth of the resident memory, and times the steps. The settings:
@@ -10,6 +11,7 @@ ONEDNN_VERBOSE=profile_create) and the growth of the resident memory, and times 
 
     python scripts/bench_host.py --json docs/measurements/cpu_host_step_costs.json
     python scripts/bench_host.py --arm pre --steps 20 --repeats 3
+    python scripts/bench_host.py --shape base --threads 1 --warmup 3 --steps 4
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from profile_step import SHAPES  # noqa: E402  (scripts/ is not a package)
+
 SETTINGS = {
     "before (malloc defaults, real tokens only)": ["impl.keep_host_memory=false", "impl.unpad_multiple=1"],
     "memory kept": ["impl.keep_host_memory=true", "impl.unpad_multiple=1"],
@@ -36,7 +41,7 @@ sys.path.insert(0, os.path.join(sys.argv[1], "scripts"))
 from bertpld.device import keep_host_memory
 from profile_step import Arm, arm_config
 arm, warmup, steps, threads = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-a = Arm(arm_config("demo", arm, sys.argv[6], "cpu", threads, sys.argv[7:]))
+a = Arm(arm_config(sys.argv[6], arm, sys.argv[7], "cpu", threads, sys.argv[8:]))
 if a.cfg.impl.keep_host_memory:
     keep_host_memory()
 def rss():
@@ -62,7 +67,7 @@ mark(json.dumps(out))
 def run_once(args, sets: list[str]) -> dict:
     env = {**os.environ, "ONEDNN_VERBOSE": "profile_create", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-c", CHILD, str(ROOT), args.arm, str(args.warmup), str(args.steps)]
-    cmd += [str(args.threads), args.data, *sets]
+    cmd += [str(args.threads), args.shape, args.data or SHAPES[args.shape][1], *sets]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"error: a measured run failed:\n{done.stderr[-2000:]}")
@@ -75,7 +80,8 @@ def run_once(args, sets: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="data/demo")
+    ap.add_argument("--shape", choices=list(SHAPES), default="demo", help="as scripts/profile_step.py's")
+    ap.add_argument("--data", default="", help="prepared data (default: the shape's)")
     ap.add_argument("--arm", default="pld", choices=["post", "pre", "pld"])
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--steps", type=int, default=40)
@@ -83,8 +89,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="")
     args = ap.parse_args()
-    if not (Path(args.data) / "manifest.json").is_file():
-        sys.exit(f"error: {args.data}: no prepared data (bertpld prepare --out {args.data})")
+    data = args.data or SHAPES[args.shape][1]
+    if not (Path(data) / "manifest.json").is_file():
+        sys.exit(f"error: {data}: no prepared data (see scripts/profile_step.py --help)")
     runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     for r in range(args.repeats):
         for name, sets in SETTINGS.items():
@@ -115,6 +122,7 @@ def main() -> None:
             Path(args.json),
             {
                 "command": "python " + " ".join(sys.argv),
+                "shape": args.shape,
                 "arm": args.arm,
                 "threads": args.threads,
                 "warmup": args.warmup,

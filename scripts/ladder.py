@@ -284,7 +284,7 @@ def ladder_rows(depth: int, baseline: str, report: dict) -> list[dict]:
             {
                 "depth": depth,
                 "baseline": baseline,
-                "arm": arm["label"] + (" (baseline)" if arm["is_baseline"] else ""),
+                "arm": _arm_name(arm, baseline),
                 "runs": arm["runs"],
                 "final_val_mlm_loss": st.get("final_loss"),
                 "below_unigram": st.get("beyond_unigram"),
@@ -297,6 +297,13 @@ def ladder_rows(depth: int, baseline: str, report: dict) -> list[dict]:
             }
         )
     return rows
+
+
+def _arm_name(arm: dict, baseline: str) -> str:
+    """The report's arm label, told apart where two Post-LN arms meet (against the paper's)."""
+    if arm["label"].startswith("Post-LN") and baseline == "paper":
+        return "Post-LN at PLD's lr / 10 (baseline)" if arm["is_baseline"] else "Post-LN at its tuned lr"
+    return arm["label"] + (" (baseline)" if arm["is_baseline"] else "")
 
 
 def render(rows: list[dict]) -> str:
@@ -320,12 +327,15 @@ def render(rows: list[dict]) -> str:
 def render_compute(table: dict) -> str:
     runs = sum(c["runs"] for c in table["compute"].values())
     hours = sum(c["run_hours"] for c in table["compute"].values())
-    per = ", ".join(
+    per = "; ".join(
         f"depth {d}: {c['runs']} runs, {c['run_hours']:.1f} h" for d, c in table["compute"].items()
     )
+    timed = sorted({str(d) for e in table["invocations"] for d in e["depths"]}, key=int)
+    untimed = [str(d) for d in table["compute"] if str(d) not in timed]
     return (
-        f"Compute: {runs} runs, {hours:.1f} run-hours of training ({per}); "
-        f"wall-clock of the ladder's invocations {table['wall_clock_s'] / 3600:.2f} h."
+        f"Compute: {runs} runs, {hours:.1f} run-hours of training ({per}); wall-clock of the ladder's "
+        f"invocations {table['wall_clock_s'] / 3600:.2f} h (depth {', '.join(timed) or 'none'}"
+        + (f"; not recorded for depth {', '.join(untimed)})." if untimed else ").")
     )
 
 
@@ -347,7 +357,7 @@ def plot(rows: list[dict], path: Path) -> None:
         depths = sorted(by_depth)
         if baseline == "post":  # the tuned baseline's own seed range around its mean
             for d in depths:
-                b = next((v for v in by_depth[d].values() if "baseline" in v["arm"]), None)
+                b = next((v for v in by_depth[d].values() if "(baseline)" in v["arm"]), None)
                 if b:
                     loss = b["final_val_mlm_loss"]
                     span = (loss["min"] - loss["mean"], loss["max"] - loss["mean"])
@@ -358,7 +368,9 @@ def plot(rows: list[dict], path: Path) -> None:
             pts = [
                 (d, by_depth[d][arm]["final_val_mlm_loss"], by_depth[d]) for d in depths if arm in by_depth[d]
             ]
-            pts = [(d, loss, next(v for k, v in rs.items() if "baseline" in v["arm"])) for d, loss, rs in pts]
+            pts = [
+                (d, loss, next(v for k, v in rs.items() if "(baseline)" in v["arm"])) for d, loss, rs in pts
+            ]
             if not pts:
                 continue
             xs = [d for d, _, _ in pts]

@@ -663,7 +663,7 @@ def test_the_trainer_is_a_plain_loop_bit_for_bit(data: Path, tmp_path: Path) -> 
         predictions = sum(int((b["mlm_labels"] != -100).sum()) for b in share)
         for b in share:
             with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-                out = model(**b, token_index=token_index(b["attention_mask"]))
+                out = model(**b, token_index=token_index(b["attention_mask"], cfg.impl.unpad_multiple))
             mlm_w = int((b["mlm_labels"] != -100).sum()) / predictions
             nsp_w = len(b["input_ids"]) / cfg.train.global_batch_size
             (mlm_w * out.mlm_loss + nsp_w * out.nsp_loss).backward()
