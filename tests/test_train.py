@@ -152,8 +152,11 @@ def record_training_forwards(monkeypatch) -> list[dict]:
             f = forwards[-1]
             f["blocks"].append(f["index"][id(self)])
             inner, h = self.ffn.up.weight.shape
-            # (tokens the projections and FFN ran on, sequences, padded length attention ran over, FFN width)
-            f["calls"].append((x.numel() // h, mask.shape[0], mask.shape[-1], inner))
+            # (real tokens the projections and FFN ran on, sequences, padded length attention ran
+            # over, FFN width); the rows beyond the real tokens only round their number up
+            # (impl.unpad_multiple) and are not counted
+            f["calls"].append((int(mask.sum()), mask.shape[0], mask.shape[-1], inner))
+            f.setdefault("rows", []).append(x.numel() // h)
         return block_forward(self, x, mask, scale, token_index)
 
     monkeypatch.setattr(M.BertForPreTraining, "forward", counting_model_forward)
@@ -195,6 +198,11 @@ def test_pld_run_executes_fewer_blocks_and_counts_fewer_flops(
     # without PLD every block runs on every micro-step; the FLOPs are those of the calls observed
     assert all(f["blocks"] == list(range(L)) for f in base_forwards)
     assert base["flops"] == pytest.approx(flops_of(base_forwards), rel=1e-12)
+    # the blocks ran on the real tokens rounded up to a multiple of impl.unpad_multiple (or all)
+    multiple = make_cfg(data).impl.unpad_multiple
+    for f in base_forwards:
+        real, seqs, seq_len, _ = f["calls"][0]
+        assert all(r == min(real + -real % multiple, seqs * seq_len) for r in f["rows"])
 
     # with PLD blocks were really skipped (not called at all), bottom to top in order
     called = [f["blocks"] for f in forwards]
