@@ -1,10 +1,10 @@
 """What a training step costs the host beyond its maths: page faults, oneDNN kernel builds, memory.
 
 Each setting trains a shape of scripts/profile_step.py (default: the demo; one arm, default: PLD)
-in its own fresh process, the
-settings interleaved and repeated; after --warmup steps, over --steps steps it counts per step
-the minor page faults (getrusage), the oneDNN primitives created (cache misses, from
-ONEDNN_VERBOSE=profile_create) and the growth of the resident memory, and times the steps. The settings:
+in its own fresh process, the settings interleaved and repeated; after --warmup steps, over
+--steps steps it counts per step the minor page faults (getrusage), the oneDNN primitives created
+(cache misses, from ONEDNN_VERBOSE=profile_create) and the growth of the resident memory, and
+times the steps. The settings:
 
     impl.keep_host_memory   glibc malloc keeps freed memory (bertpld.device.keep_host_memory)
     impl.unpad_multiple     the encoder's row count rounded up to a multiple (bertpld.model.token_index)
