@@ -135,7 +135,10 @@ class Ledger:
 
     def __init__(self, path: Path, depths: list[int]) -> None:
         self.path, self.t0, self.lock = path, time.time(), threading.Lock()
-        old = json.loads(path.read_text()) if path.is_file() else []
+        try:
+            old = json.loads(path.read_text()) if path.is_file() else []
+        except (OSError, json.JSONDecodeError) as e:
+            sys.exit(f"error: {path}: not a ladder ledger ({e}); move it aside to start a new one")
         self.entries = [*old, {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "depths": depths, "seconds": 0}]
         self.update()
 
