@@ -12,6 +12,11 @@ times the steps. The settings:
     python scripts/bench_host.py --json docs/measurements/cpu_host_step_costs.json
     python scripts/bench_host.py --arm pre --steps 20 --repeats 3
     python scripts/bench_host.py --shape base --threads 1 --warmup 3 --steps 4
+    python scripts/bench_host.py --shape base --multiples 64,16,8,1   # memory kept, rows rounded to each
+
+--multiples replaces the settings with one per multiple (memory kept in all); it also counts the
+distinct row counts (matmul shapes) the encoder sees in the measured steps and the rows the rounding
+added, so the choice of a multiple rests on counts as well as on step times.
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ from bertpld.device import keep_host_memory
 from profile_step import Arm, arm_config
 arm, warmup, steps, threads = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 a = Arm(arm_config(sys.argv[6], arm, sys.argv[7], "cpu", threads, sys.argv[8:]))
+import bertpld.train
+rows = []  # (real tokens, rows the encoder ran) of every micro-batch
+def counted(mask, multiple, _index=bertpld.train.token_index):
+    index = _index(mask, multiple)
+    rows.append((int(mask.sum()), len(index)))
+    return index
+bertpld.train.token_index = counted
 if a.cfg.impl.keep_host_memory:
     keep_host_memory()
 def rss():
@@ -50,6 +62,8 @@ def mark(text):  # oneDNN's verbose lines go through C stdio: flush them before 
     ctypes.CDLL(None).fflush(None)
     os.write(1, text.encode() + b"\\n")
 a.run(warmup)
+seen = {n for _, n in rows}
+del rows[:]
 mark("=== measured ===")
 faults, mem, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, rss(), time.perf_counter()
 times = []
@@ -58,7 +72,9 @@ for _ in range(steps):
     a.run(1)
     times.append(time.perf_counter() - t)
 out = {"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, "rss_growth": rss() - mem,
-       "rss": rss(), "step_ms": [1e3 * t for t in times]}
+       "rss": rss(), "step_ms": [1e3 * t for t in times],
+       "row_counts_new": len({n for _, n in rows} - seen), "row_counts": len({n for _, n in rows}),
+       "rows_added": sum(n - t for t, n in rows) / max(sum(t for t, _ in rows), 1)}
 mark("=== end ===")
 mark(json.dumps(out))
 """
@@ -87,14 +103,28 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--multiples", default="", help="comma-separated impl.unpad_multiple values to compare")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    settings = SETTINGS
+    if args.multiples:
+        try:
+            multiples = [int(m) for m in args.multiples.split(",")]
+        except ValueError:
+            sys.exit(f"error: --multiples {args.multiples}: expected comma-separated integers")
+        settings = {
+            f"memory kept, rows to a multiple of {m}": [
+                "impl.keep_host_memory=true",
+                f"impl.unpad_multiple={m}",
+            ]
+            for m in multiples
+        }
     data = args.data or SHAPES[args.shape][1]
     if not (Path(data) / "manifest.json").is_file():
         sys.exit(f"error: {data}: no prepared data (see scripts/profile_step.py --help)")
-    runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    runs: dict[str, list[dict]] = {name: [] for name in settings}
     for r in range(args.repeats):
-        for name, sets in SETTINGS.items():
+        for name, sets in settings.items():
             runs[name].append(run_once(args, sets))
             print(f"repeat {r + 1}, {name}: done", flush=True)
     summary = {}
@@ -107,13 +137,18 @@ def main() -> None:
             "rss_growth_mib_per_step": statistics.median(x["rss_growth"] / 2**20 / args.steps for x in rs),
             "rss_mib_at_end": statistics.median(x["rss"] / 2**20 for x in rs),
             "median_step_ms": statistics.median(t for x in rs for t in x["step_ms"]),
+            "distinct_row_counts": statistics.median(x["row_counts"] for x in rs),
+            "new_row_counts_after_warmup": statistics.median(x["row_counts_new"] for x in rs),
+            "rows_added_by_rounding": statistics.median(x["rows_added"] for x in rs),
         }
         s = summary[name]
         print(
             f"{name}: {s['minor_faults_per_step']:.0f} minor faults/step, "
             f"{s['onednn_kernels_created_per_step']:.1f} oneDNN kernels built/step, "
             f"RSS +{s['rss_growth_mib_per_step']:.2f} MiB/step (ends at {s['rss_mib_at_end']:.0f} MiB), "
-            f"median step {s['median_step_ms']:.1f} ms"
+            f"median step {s['median_step_ms']:.1f} ms; {s['distinct_row_counts']:.0f} row counts "
+            f"({s['new_row_counts_after_warmup']:.0f} new after warm-up), rounding added "
+            f"{100 * s['rows_added_by_rounding']:.2f}% rows"
         )
     if args.json:
         from bertpld.atomic import atomic_write_json
@@ -130,7 +165,7 @@ def main() -> None:
                 "repeats": args.repeats,
                 "machine": platform.processor() or platform.machine(),
                 "cpu_count": os.cpu_count(),
-                "settings": SETTINGS,
+                "settings": settings,
                 "summary": summary,
                 "runs": runs,
             },

@@ -35,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(args: list[str], env: dict | None = None) -> None:
-    done = subprocess.run(args, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+def run(args: list[str], env: dict | None = None, cwd: Path | None = None) -> None:
+    done = subprocess.run(args, env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"command failed: {' '.join(args)}\n{done.stderr[-2000:]}")
 
@@ -51,16 +51,40 @@ def pretrain(
     code: Path = ROOT,
 ):
     cmd = (launcher or [sys.executable, "-m", "bertpld.cli"]) + ["pretrain"]
-    cmd += ["--config", config, "--data", data, "--out", str(out), "--max-steps", str(steps)]
+    cmd += [
+        "--config",
+        config,
+        "--data",
+        str(Path(data).resolve()),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+    ]
     cmd += ["--eval-every", "0", "--save-every", "0", "--set", "train.total_steps=" + str(steps)]
     cmd += ["--set", "train.max_flops=0", "--set", "train.log_every=1", *extra]
-    run(cmd, env={"PYTHONPATH": str(code)})
+    # in the checkout's own directory: `python -m` puts the working directory first on sys.path,
+    # so run from anywhere else it would import the bertpld found there, not `code`'s
+    run(cmd, env={"PYTHONPATH": str(code)}, cwd=code)
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary["per_step"] = per_step(rows)
     # the precision the run computed in ('auto' resolved), as the run recorded it
     summary["precision"] = json.loads((out / "env.json").read_text()).get("precision")
     return summary
+
+
+def check_imports(code: Path) -> None:
+    """Exit unless a run started for `code` imports `code`'s bertpld (not an installed one)."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import bertpld; print(bertpld.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(code)},
+        cwd=code,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not Path(found).resolve().is_relative_to(code.resolve()):
+        sys.exit(f"error: a run for {code} imports the bertpld at {found or '(none)'}, not {code}'s")
 
 
 def per_step(rows: list[dict], skip: int = 5) -> dict:
@@ -98,11 +122,15 @@ def compare_arms(args, train) -> dict:
     """Every arm (and every arm of --compare-with) once per repeat, interleaved; see the module doc."""
     arms = args.arms.split(",")
     codes = {"this": ROOT, **({"other": Path(args.compare_with).resolve()} if args.compare_with else {})}
+    for code in codes.values():
+        check_imports(code)
     runs: dict[str, dict[str, list[dict]]] = {c: {a: [] for a in arms} for c in codes}
     for i in range(args.repeats):
-        for c, code in codes.items():
-            for a in arms:
-                runs[c][a].append(train(f"{c}-{a}{i}", ARMS[a], code=code))
+        for a in arms:
+            # each arm's two checkouts back to back, in alternating order (ABBA): a pair sees
+            # nearly the same load, and neither side always runs first
+            for c in list(codes)[:: 1 if i % 2 == 0 else -1]:
+                runs[c][a].append(train(f"{c}-{a}{i}", ARMS[a], code=codes[c]))
     out: dict = {"arms": arms, "compare_with": args.compare_with or None, "runs": {}}
     for c in codes:
         label = "" if c == "this" else " (--compare-with)"
@@ -145,10 +173,21 @@ def compare_arms(args, train) -> dict:
         out["step_speedup_vs_other"] = {
             a: this[a]["step_tokens_per_s"] / other[a]["step_tokens_per_s"] for a in arms
         }
+        # per repeat, this checkout's run over the other's run beside it (median-step tokens/s)
+        out["paired_speedups_vs_other"] = {
+            a: [
+                t["per_step"]["median_tokens_per_s"] / o["per_step"]["median_tokens_per_s"]
+                for t, o in zip(runs["this"][a], runs["other"][a])
+            ]
+            for a in arms
+        }
         for a in arms:
+            pairs = out["paired_speedups_vs_other"][a]
             print(
                 f"{a}: tokens/s {out['speedup_vs_other'][a]:.3f}x (best run), "
-                f"{out['step_speedup_vs_other'][a]:.3f}x (median steps) that of --compare-with {args.compare_with}"
+                f"{out['step_speedup_vs_other'][a]:.3f}x (median steps), {statistics.median(pairs):.3f}x "
+                f"(median of {len(pairs)} adjacent pairs, range {min(pairs):.3f}-{max(pairs):.3f}) "
+                f"that of --compare-with {args.compare_with}"
             )
     return out
 

@@ -4,9 +4,9 @@ own best learning rate, several seeds, against a tuned baseline and (at 12 block
     python scripts/ladder.py --data data/demo --depths 6,12,24 --out runs/ladder
     python scripts/ladder.py --depths 6 --lrs 2e-3,3e-3,4e-3 --seeds 1,2,3 --jobs 2
 
-Per depth L (the demo config with model.num_layers = L, hidden 128):
-  budget   executed FLOPs: the demo's train.max_flops x (FLOPs of a step at L / at the demo's
-           depth), so every depth trains for about the demo's number of steps (865 for Post-LN);
+Per depth L (the demo config with model.num_layers = L, hidden 128, or as --set changes it):
+  budget   executed FLOPs: the demo's train.max_flops x (FLOPs of a step at L, with --set / of the
+           demo's step), so every depth trains for about the demo's number of steps (865 for Post-LN);
            the table flags a depth whose tuned baseline ends less than 1.0 nat below the unigram line
   sweep    every arm over --lrs, one seed (scripts/sweep_lr.py's runs and table); an arm whose best
            lr lies at an edge of its grid gets the next lr beyond it (x or / --step), up to --extend
@@ -88,6 +88,7 @@ def main() -> None:
     table = {
         "depths": depths,
         "seeds": seeds,
+        "set": args.set,
         "rows": rows,
         "sweeps": sweeps,  # per depth: every arm's lr grid, one row per (arm, lr), seed by seed
         "compute": compute,
@@ -175,6 +176,7 @@ def rung(
     paper-style baseline), each run queued as soon as what decides it is known, so no worker
     waits for another arm's runs."""
     sets = [f"model.num_layers={depth}", f"train.max_flops={budget(args, depth):.6g}", *args.set]
+    hidden = model_width(args)
     extra = [x for s in sets for x in ("--set", s)]
     first = sorted(float(x) for x in args.lrs.split(","))
     pool = ThreadPoolExecutor(args.jobs)
@@ -246,25 +248,29 @@ def rung(
             str(report_dir),
         ]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        rows += ladder_rows(depth, baseline, json.loads((report_dir / "report.json").read_text()))
+        rows += ladder_rows(depth, hidden, baseline, json.loads((report_dir / "report.json").read_text()))
     return rows, recorded
 
 
 def budget(args: argparse.Namespace, depth: int) -> float:
-    """The demo's FLOPs budget scaled by the cost of a step at `depth` over one at the demo's depth."""
+    """The demo's FLOPs budget scaled by the cost of a step at `depth` (with --set, e.g. a narrower
+    model) over one of the demo's own model: every rung trains for about the demo's number of steps."""
     from bertpld.config import PretrainConfig, load_config, parse_set, resolve_config_path
     from bertpld.data.reader import PretrainReader, load_manifest
     from bertpld.train import expected_step_flops, resolve_vocab
 
-    cfg = load_config(PretrainConfig, resolve_config_path(args.config), parse_set(args.set))
-    cfg.data.path = args.data
-    resolve_vocab(cfg, load_manifest(args.data))
-    reader = PretrainReader(args.data, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed)
-    tokens = reader.mean_tokens_per_sequence()
-    reader.close()
-    base = expected_step_flops(cfg, cfg.model.num_layers, tokens)
-    cfg.model.num_layers = depth
-    return cfg.train.max_flops * expected_step_flops(cfg, depth, tokens) / base
+    def step_flops(sets: list[str], layers: int | None) -> tuple[float, float]:
+        cfg = load_config(PretrainConfig, resolve_config_path(args.config), parse_set(sets))
+        cfg.data.path = args.data
+        resolve_vocab(cfg, load_manifest(args.data))
+        reader = PretrainReader(args.data, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed)
+        tokens = reader.mean_tokens_per_sequence()
+        reader.close()
+        cfg.model.num_layers = layers or cfg.model.num_layers
+        return cfg.train.max_flops, expected_step_flops(cfg, cfg.model.num_layers, tokens)
+
+    demo_budget, demo_step = step_flops([], None)
+    return demo_budget * step_flops(args.set, depth)[1] / demo_step
 
 
 def best_row(table: list[dict], arm: str) -> dict | None:
@@ -276,7 +282,16 @@ def best_row(table: list[dict], arm: str) -> dict | None:
     return min(learned or rows, key=lambda r: r["mean"]) if rows else None
 
 
-def ladder_rows(depth: int, baseline: str, report: dict) -> list[dict]:
+def model_width(args: argparse.Namespace) -> int:
+    """The hidden size the runs train at (the config's, or --set's)."""
+    from bertpld.config import PretrainConfig, load_config, parse_set, resolve_config_path
+
+    return load_config(
+        PretrainConfig, resolve_config_path(args.config), parse_set(args.set)
+    ).model.hidden_size
+
+
+def ladder_rows(depth: int, hidden: int, baseline: str, report: dict) -> list[dict]:
     """One row per arm of a depth's report: loss over seeds, margin, speed-ups to the baseline's
     mean final loss, the verdict against the seed spread."""
     rows = []
@@ -286,6 +301,7 @@ def ladder_rows(depth: int, baseline: str, report: dict) -> list[dict]:
         rows.append(
             {
                 "depth": depth,
+                "hidden": hidden,
                 "baseline": baseline,
                 "arm": _arm_name(arm, baseline),
                 "runs": arm["runs"],
@@ -311,7 +327,7 @@ def _arm_name(arm: dict, baseline: str) -> str:
 
 def render(rows: list[dict]) -> str:
     lines = [
-        "| depth | against | arm | final val MLM loss, mean (range) | below unigram (min) | reached target | "
+        "| blocks x hidden | against | arm | final val MLM loss, mean (range) | below unigram (min) | reached target | "
         "speed-up FLOPs | speed-up wall | loss vs baseline |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -320,7 +336,7 @@ def render(rows: list[dict]) -> str:
         flag = "" if below.get("min") is None or below["min"] >= 1.0 else " (< 1 nat)"
         versus = "–" if r["loss_vs_baseline"] is None else f"{r['loss_vs_baseline']:+.3f} ({r['verdict']})"
         lines.append(
-            f"| {r['depth']} | {r['baseline']} | {r['arm']} | {_fmt(r['final_val_mlm_loss'])} | "
+            f"| {r['depth']} x {r.get('hidden', 128)} | {r['baseline']} | {r['arm']} | {_fmt(r['final_val_mlm_loss'])} | "
             f"{_num(below.get('min'))}{flag} | {r['reached_target']} | {_num(r['speedup_flops'])} | "
             f"{_num(r['speedup_wall_s'])} | {versus} |"
         )
@@ -365,8 +381,9 @@ def plot(rows: list[dict], path: Path) -> None:
                     loss = b["final_val_mlm_loss"]
                     span = (loss["min"] - loss["mean"], loss["max"] - loss["mean"])
                     loss_ax.fill_between([d - 0.4, d + 0.4], *span, color="grey", alpha=0.25, lw=0)
-            loss_ax.set_xticks(depths)
-            speed_ax.set_xticks(depths)
+            width = {r["depth"]: r.get("hidden", 128) for r in rows}
+            for ax in (loss_ax, speed_ax):
+                ax.set_xticks(depths, [f"{d} x {width[d]}" for d in depths])
         for arm, color in (("PLD", "#2ca02c"), ("Pre-LN", "#ff7f0e")):
             pts = [
                 (d, by_depth[d][arm]["final_val_mlm_loss"], by_depth[d]) for d in depths if arm in by_depth[d]
@@ -392,10 +409,10 @@ def plot(rows: list[dict], path: Path) -> None:
                 if sp:
                     speed_ax.plot(*zip(*sp), color=color, ls=ls, marker="o", label=f"PLD vs {name}")
     loss_ax.axhline(0, color="grey", lw=0.8)
-    loss_ax.set(xlabel="encoder blocks", ylabel="final val MLM loss - baseline mean (nats)")
+    loss_ax.set(xlabel="encoder blocks x hidden size", ylabel="final val MLM loss - baseline mean (nats)")
     loss_ax.set_title("below 0: better than the baseline; bars: seed range; grey: the baseline's", fontsize=9)
     speed_ax.axhline(1, color="grey", lw=0.8)
-    speed_ax.set(xlabel="encoder blocks", ylabel="FLOPs speed-up to the baseline's mean loss")
+    speed_ax.set(xlabel="encoder blocks x hidden size", ylabel="FLOPs speed-up to the baseline's mean loss")
     speed_ax.set_title("seeds that reach it (mean); none plotted if none do", fontsize=9)
     for ax in (loss_ax, speed_ax):
         ax.legend(fontsize=7)

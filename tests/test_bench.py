@@ -266,6 +266,21 @@ def test_bench_train_arms_and_compare_with_smoke(tmp_path: Path) -> None:
     assert "time per executed FLOP" in done.stdout
 
 
+def test_bench_train_refuses_a_compare_with_that_would_import_another_bertpld(tmp_path: Path) -> None:
+    """--compare-with DIR runs DIR's bertpld; a directory without one would import whatever else is
+    on the path (it once imported this checkout for both sides): an error before any run."""
+    from tests.conftest import make_prepared_data
+
+    data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
+    args = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--data", str(data), "--skip-ddp"]
+    args += ["--steps", "8", "--compare-with", str(tmp_path)]
+    done = subprocess.run(
+        args, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode != 0 and f"not {tmp_path}'s" in done.stderr
+    assert "imports the bertpld at" in done.stderr and not list(tmp_path.glob("*/summary.json"))
+
+
 def test_profile_step_smoke(tmp_path: Path) -> None:
     """The step profile charges every moment of a step to one phase: the phases add up to the step,
     and the encoder's hooks split backward into heads, blocks and embeddings."""
@@ -292,6 +307,32 @@ def test_profile_step_smoke(tmp_path: Path) -> None:
         assert arm["phases_ms"]["backward.embeddings"] > 0
     assert res["arms"]["pre"]["blocks_kept"] == 4 and res["arms"]["pld"]["blocks_kept"] < 4
     assert res["pld_over_pre_flops"] < 1 and "| forward.blocks |" in done.stdout
+
+
+def test_ladder_budget_gives_every_width_the_demo_step_count(tmp_path: Path) -> None:
+    """A rung's FLOPs budget is the config's scaled by the FLOPs of its step over the config's own
+    step: at the config's depth and width it is the config's budget, and a narrower model (--set)
+    gets a smaller one, so that it trains about as many steps, not more."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import ladder
+
+    from tests.conftest import make_prepared_data
+
+    data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
+    (tmp_path / "tiny.toml").write_text(TINY_TOML.replace("max_steps = 3", "max_flops = 1e12"))
+
+    def budget(depth: int, *sets: str) -> float:
+        return ladder.budget(
+            argparse.Namespace(config=str(tmp_path / "tiny.toml"), data=str(data), set=list(sets)), depth
+        )
+
+    assert budget(2) == pytest.approx(1e12)  # the tiny config: 2 x 64
+    narrow = ("model.hidden_size=32", "model.intermediate_size=64")
+    assert budget(2, *narrow) < 0.5e12  # about a third of the FLOPs per step
+    assert budget(4, *narrow) == pytest.approx(2 * budget(2, *narrow), rel=0.3)  # the blocks dominate
+    assert budget(4, *narrow) > budget(2, *narrow)
 
 
 @pytest.mark.slow  # ~50 s on 2 cores: 11 tiny runs and 2 reports, twice
@@ -325,7 +366,8 @@ def test_ladder_smoke(tmp_path: Path) -> None:
         if c["model"]["norm"] == "post" and c["train"]["lr"] == pytest.approx(pld_best[0] / 10)
     ]
     assert len(paper) == 2  # the paper's pairing: Post-LN at PLD's lr / 10, both seeds
-    assert "| 2 | paper |" in (tmp_path / "ladder" / "ladder.md").read_text()
+    assert "| 2 x 64 | paper |" in (tmp_path / "ladder" / "ladder.md").read_text()  # blocks x hidden
+    assert all(r["hidden"] == 64 for r in rows)
     # the grid (3 arms x 2 lrs), seed 2 of each arm, 2 paper runs (one may be a grid run: 1e-2 / 10)
     n_runs = len(list(sweep.glob("*/summary.json")))
     assert table["compute"]["2"]["runs"] == n_runs and n_runs in (10, 11)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from bertpld import hf
 from bertpld.config import ModelConfig
 from bertpld.errors import BertpldError
-from bertpld.model import BertForPreTraining, BertForSequenceClassification, token_index
+from bertpld.model import BertForPreTraining, BertForSequenceClassification, row_multiple, token_index
 
 V = 101  # not a multiple of 8: the padded rows exist
 
@@ -347,6 +347,18 @@ def test_compiled_blocks_settle_with_a_varying_real_token_count() -> None:
     for i in range(6, 14):
         step(i)
     assert counter.frame_count == settled <= 8, (settled, counter.frame_count)
+
+
+def test_the_automatic_row_multiple_is_a_power_of_two_near_a_64th_of_the_positions() -> None:
+    """impl.unpad_multiple 0: 64 for the demo's 64 x 64, 16 for BERT-base's CPU batch of 8 x 128,
+    at most 64 (a GPU batch) and at least 8; token_index(mask, 0) rounds to it."""
+    assert [row_multiple(n) for n in (64 * 64, 8 * 128, 256 * 128, 4 * 16, 0)] == [64, 16, 64, 8, 8]
+    assert row_multiple(64 * 64 - 1) == 32 and row_multiple(2047) == 16
+    mask = torch.zeros(8, 128, dtype=torch.long)
+    mask[:, :100] = 1  # 800 real tokens
+    assert len(token_index(mask, 0)) == 800 and len(token_index(mask, 64)) == 832
+    mask[0, 100] = 1
+    assert len(token_index(mask, 0)) == 816
 
 
 @pytest.mark.parametrize(("norm", "multiple"), [("post", 1), ("pre", 1), ("post", 4), ("pre", 4)])

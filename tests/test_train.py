@@ -18,6 +18,7 @@ import torch
 from bertpld import checkpoint
 from bertpld.config import PretrainConfig, load_config
 from bertpld.errors import BertpldError
+from bertpld.model import row_multiple
 from bertpld.train import pretrain
 from tests.conftest import make_prepared_data, torchrun_two
 
@@ -198,10 +199,12 @@ def test_pld_run_executes_fewer_blocks_and_counts_fewer_flops(
     # without PLD every block runs on every micro-step; the FLOPs are those of the calls observed
     assert all(f["blocks"] == list(range(L)) for f in base_forwards)
     assert base["flops"] == pytest.approx(flops_of(base_forwards), rel=1e-12)
-    # the blocks ran on the real tokens rounded up to a multiple of impl.unpad_multiple (or all)
-    multiple = make_cfg(data).impl.unpad_multiple
+    # the blocks ran on the real tokens rounded up to a multiple of impl.unpad_multiple (0, the
+    # default: row_multiple of the batch's positions) or to all positions
+    assert make_cfg(data).impl.unpad_multiple == 0
     for f in base_forwards:
         real, seqs, seq_len, _ = f["calls"][0]
+        multiple = row_multiple(seqs * seq_len)
         assert all(r == min(real + -real % multiple, seqs * seq_len) for r in f["rows"])
 
     # with PLD blocks were really skipped (not called at all), bottom to top in order
