@@ -6,7 +6,8 @@ own best learning rate, several seeds, against a tuned baseline and (at 12 block
 
 Per depth L (the demo config with model.num_layers = L, hidden 128, or as --set changes it):
   budget   executed FLOPs: the demo's train.max_flops x (FLOPs of a step at L, with --set / of the
-           demo's step), so every depth trains for about the demo's number of steps (865 for Post-LN);
+           demo's step), so every depth trains for about the demo's number of steps (865 for Post-LN;
+           x --budget-scale, for a rung whose baseline needs more to learn);
            the table flags a depth whose tuned baseline ends less than 1.0 nat below the unigram line
   sweep    every arm over --lrs, one seed (scripts/sweep_lr.py's runs and table); an arm whose best
            lr lies at an edge of its grid gets the next lr beyond it (x or / --step), up to --extend
@@ -58,6 +59,9 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=1.5, help="ratio of an lr added beyond a grid edge")
     ap.add_argument("--extend", type=int, default=2, help="at most this many lrs added per edge")
     ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument(
+        "--budget-scale", type=float, default=1.0, help="train this many times the demo's number of steps"
+    )
     ap.add_argument(
         "--paper-depth", type=int, default=12, help="the depth that also gets the paper's baseline"
     )
@@ -270,7 +274,7 @@ def budget(args: argparse.Namespace, depth: int) -> float:
         return cfg.train.max_flops, expected_step_flops(cfg, cfg.model.num_layers, tokens)
 
     demo_budget, demo_step = step_flops([], None)
-    return demo_budget * step_flops(args.set, depth)[1] / demo_step
+    return getattr(args, "budget_scale", 1.0) * demo_budget * step_flops(args.set, depth)[1] / demo_step
 
 
 def best_row(table: list[dict], arm: str) -> dict | None:

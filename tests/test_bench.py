@@ -323,9 +323,10 @@ def test_ladder_budget_gives_every_width_the_demo_step_count(tmp_path: Path) -> 
     data = make_prepared_data(tmp_path, vocab_size=300, val_fraction=0.1)
     (tmp_path / "tiny.toml").write_text(TINY_TOML.replace("max_steps = 3", "max_flops = 1e12"))
 
-    def budget(depth: int, *sets: str) -> float:
+    def budget(depth: int, *sets: str, scale: float = 1.0) -> float:
+        cfg = str(tmp_path / "tiny.toml")
         return ladder.budget(
-            argparse.Namespace(config=str(tmp_path / "tiny.toml"), data=str(data), set=list(sets)), depth
+            argparse.Namespace(config=cfg, data=str(data), set=list(sets), budget_scale=scale), depth
         )
 
     assert budget(2) == pytest.approx(1e12)  # the tiny config: 2 x 64
@@ -333,6 +334,7 @@ def test_ladder_budget_gives_every_width_the_demo_step_count(tmp_path: Path) -> 
     assert budget(2, *narrow) < 0.5e12  # about a third of the FLOPs per step
     assert budget(4, *narrow) == pytest.approx(2 * budget(2, *narrow), rel=0.3)  # the blocks dominate
     assert budget(4, *narrow) > budget(2, *narrow)
+    assert budget(4, *narrow, scale=2.0) == pytest.approx(2 * budget(4, *narrow))  # --budget-scale
 
 
 @pytest.mark.slow  # ~50 s on 2 cores: 11 tiny runs and 2 reports, twice
