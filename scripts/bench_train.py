@@ -83,7 +83,7 @@ def check_imports(code: Path) -> None:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    if not Path(found).resolve().is_relative_to(code.resolve()):
+    if not found or not Path(found).resolve().is_relative_to(code.resolve()):
         sys.exit(f"error: a run for {code} imports the bertpld at {found or '(none)'}, not {code}'s")
 
 

@@ -78,6 +78,8 @@ def main() -> None:
         [float(x) for x in args.lrs.split(",")]
     except ValueError as e:
         ap.error(f"--depths/--seeds/--lrs: expected comma-separated numbers ({e})")
+    if not (args.budget_scale > 0 and math.isfinite(args.budget_scale)):
+        ap.error(f"--budget-scale {args.budget_scale}: expected a positive number (1: the demo's steps)")
     if not (Path(args.data) / "manifest.json").is_file():
         ap.error(f"--data {args.data}: no prepared data; run `bertpld prepare --out {args.data}` first")
     out = Path(args.out)
@@ -180,7 +182,7 @@ def rung(
     paper-style baseline), each run queued as soon as what decides it is known, so no worker
     waits for another arm's runs."""
     sets = [f"model.num_layers={depth}", f"train.max_flops={budget(args, depth):.6g}", *args.set]
-    hidden = model_width(args)
+    hidden = run_config(args, args.set).model.hidden_size
     extra = [x for s in sets for x in ("--set", s)]
     first = sorted(float(x) for x in args.lrs.split(","))
     pool = ThreadPoolExecutor(args.jobs)
@@ -256,25 +258,35 @@ def rung(
     return rows, recorded
 
 
+def run_config(args: argparse.Namespace, sets: list[str]):
+    """The --config with `sets` applied, on --data's vocabulary."""
+    from bertpld.config import PretrainConfig, load_config, parse_set, resolve_config_path
+    from bertpld.data.reader import load_manifest
+    from bertpld.train import resolve_vocab
+
+    cfg = load_config(PretrainConfig, resolve_config_path(args.config), parse_set(sets))
+    cfg.data.path = args.data
+    resolve_vocab(cfg, load_manifest(args.data))
+    return cfg
+
+
 def budget(args: argparse.Namespace, depth: int) -> float:
     """The demo's FLOPs budget scaled by the cost of a step at `depth` (with --set, e.g. a narrower
-    model) over one of the demo's own model: every rung trains for about the demo's number of steps."""
-    from bertpld.config import PretrainConfig, load_config, parse_set, resolve_config_path
-    from bertpld.data.reader import PretrainReader, load_manifest
-    from bertpld.train import expected_step_flops, resolve_vocab
+    model) over one of the demo's own model, times --budget-scale: every rung trains for about the
+    demo's number of steps (times the scale)."""
+    from bertpld.data.reader import PretrainReader
+    from bertpld.train import expected_step_flops
 
-    def step_flops(sets: list[str], layers: int | None) -> tuple[float, float]:
-        cfg = load_config(PretrainConfig, resolve_config_path(args.config), parse_set(sets))
-        cfg.data.path = args.data
-        resolve_vocab(cfg, load_manifest(args.data))
+    def step_flops(cfg, layers: int) -> float:
         reader = PretrainReader(args.data, cfg.data, "train", cfg.impl.micro_batch_size, cfg.train.seed)
         tokens = reader.mean_tokens_per_sequence()
         reader.close()
-        cfg.model.num_layers = layers or cfg.model.num_layers
-        return cfg.train.max_flops, expected_step_flops(cfg, cfg.model.num_layers, tokens)
+        cfg.model.num_layers = layers
+        return expected_step_flops(cfg, layers, tokens)
 
-    demo_budget, demo_step = step_flops([], None)
-    return getattr(args, "budget_scale", 1.0) * demo_budget * step_flops(args.set, depth)[1] / demo_step
+    demo = run_config(args, [])
+    demo_budget, demo_step = demo.train.max_flops, step_flops(demo, demo.model.num_layers)
+    return args.budget_scale * demo_budget * step_flops(run_config(args, args.set), depth) / demo_step
 
 
 def best_row(table: list[dict], arm: str) -> dict | None:
@@ -284,15 +296,6 @@ def best_row(table: list[dict], arm: str) -> dict | None:
     rows = [r for r in table if r["arm"] == arm and r["mean"] is not None]
     learned = [r for r in rows if "stuck" not in r["verdicts"]]
     return min(learned or rows, key=lambda r: r["mean"]) if rows else None
-
-
-def model_width(args: argparse.Namespace) -> int:
-    """The hidden size the runs train at (the config's, or --set's)."""
-    from bertpld.config import PretrainConfig, load_config, parse_set, resolve_config_path
-
-    return load_config(
-        PretrainConfig, resolve_config_path(args.config), parse_set(args.set)
-    ).model.hidden_size
 
 
 def ladder_rows(depth: int, hidden: int, baseline: str, report: dict) -> list[dict]:
