@@ -17,7 +17,8 @@ Per depth L (the demo config with model.num_layers = L, hidden 128, or as --set 
            own results decide them, so a worker never idles while another arm still sweeps
   paper    at 12 blocks, also Post-LN at one tenth of PLD's best lr, the paper's pairing
   report   `bertpld report` over each depth's seed runs (baseline: the tuned Post-LN arm)
-Then the ladder table (ladder.md, ladder.json): per depth and arm the final validation MLM loss
+Then the ladder table (ladder.md, ladder.json): per depth and arm its lr (flagged where it lies at
+an edge of the arm's grid after --extend: the optimum not bracketed), the final validation MLM loss
 (mean, range over seeds), how far below the unigram line, and PLD's time-to-target speed-up in
 FLOPs and wall-clock against the tuned and the paper-style baselines, with the report's
 within/beyond-noise verdicts; what it cost (runs, their training hours, and the wall-clock of every
@@ -105,6 +106,8 @@ def main() -> None:
 
 
 def write_outputs(out: Path, table: dict) -> None:
+    for row in table["rows"]:
+        row.update(tuned_lr(row, table["sweeps"]))
     md = render(table["rows"]) + "\n\n" + render_compute(table) + "\n"
     atomic_write_json(out / "ladder.json", table)
     atomic_write_text(out / "ladder.md", md)
@@ -325,6 +328,19 @@ def ladder_rows(depth: int, hidden: int, baseline: str, report: dict) -> list[di
     return rows
 
 
+def tuned_lr(row: dict, sweeps: dict) -> dict:
+    """A ladder row's learning rate (from its runs' names, `<arm>-lr<lr>-s<seed>`) and whether it
+    lies at an edge of the arm's swept grid, i.e. the optimum was not bracketed; None for the
+    paper-style baseline, which is held at PLD's lr / 10 by design, not tuned."""
+    arm, _, rest = Path(row["runs"][0]).name.partition("-lr")
+    lr = float(rest.rsplit("-s", 1)[0])
+    if row["baseline"] == "paper" and "(baseline)" in row["arm"]:
+        return {"lr": lr, "lr_at_grid_edge": None}
+    grid = [r["lr"] for r in sweeps.get(str(row["depth"]), sweeps.get(row["depth"], [])) if r["arm"] == arm]
+    edge = bool(grid) and any(math.isclose(lr, x, rel_tol=1e-6) for x in (min(grid), max(grid)))
+    return {"lr": lr, "lr_at_grid_edge": edge}
+
+
 def _arm_name(arm: dict, baseline: str) -> str:
     """The report's arm label, told apart where two Post-LN arms meet (against the paper's)."""
     if arm["label"].startswith("Post-LN") and baseline == "paper":
@@ -334,16 +350,18 @@ def _arm_name(arm: dict, baseline: str) -> str:
 
 def render(rows: list[dict]) -> str:
     lines = [
-        "| blocks x hidden | against | arm | final val MLM loss, mean (range) | below unigram (min) | reached target | "
-        "speed-up FLOPs | speed-up wall | loss vs baseline |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| blocks x hidden | against | arm | lr | final val MLM loss, mean (range) | below unigram (min) | "
+        "reached target | speed-up FLOPs | speed-up wall | loss vs baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         below = r["below_unigram"] or {}
         flag = "" if below.get("min") is None or below["min"] >= 1.0 else " (< 1 nat)"
         versus = "–" if r["loss_vs_baseline"] is None else f"{r['loss_vs_baseline']:+.3f} ({r['verdict']})"
+        lr = f"{r['lr']:.3g}" + (" (grid edge: not bracketed)" if r["lr_at_grid_edge"] else "")
         lines.append(
-            f"| {r['depth']} x {r.get('hidden', 128)} | {r['baseline']} | {r['arm']} | {_fmt(r['final_val_mlm_loss'])} | "
+            f"| {r['depth']} x {r.get('hidden', 128)} | {r['baseline']} | {r['arm']} | {lr} | "
+            f"{_fmt(r['final_val_mlm_loss'])} | "
             f"{_num(below.get('min'))}{flag} | {r['reached_target']} | {_num(r['speedup_flops'])} | "
             f"{_num(r['speedup_wall_s'])} | {versus} |"
         )

@@ -337,6 +337,31 @@ def test_ladder_budget_gives_every_width_the_demo_step_count(tmp_path: Path) -> 
     assert budget(4, *narrow, scale=2.0) == pytest.approx(2 * budget(4, *narrow))  # --budget-scale
 
 
+def test_ladder_flags_an_lr_at_the_edge_of_its_grid() -> None:
+    """A ladder row's lr comes from its runs' names; it is flagged when it is the smallest or the
+    largest lr its arm swept (the optimum not bracketed), and the paper's baseline is not tuned."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import ladder
+
+    sweeps = {"12": [{"arm": a, "lr": lr} for a in ("post", "pld") for lr in (2e-3, 3e-3, 4e-3)]}
+    sweeps["12"].append({"arm": "pld", "lr": 6e-3})
+
+    def row(run: str, baseline: str = "post", arm: str = "PLD") -> dict:
+        return ladder.tuned_lr(
+            {"runs": [f"/x/depth-12/sweep/{run}"], "depth": 12, "baseline": baseline, "arm": arm}, sweeps
+        )
+
+    assert row("post-lr0.003-s1") == {"lr": 3e-3, "lr_at_grid_edge": False}
+    assert row("pld-lr0.004-s2") == {"lr": 4e-3, "lr_at_grid_edge": False}  # 6e-3 lies beyond it
+    assert row("pld-lr0.006-s3")["lr_at_grid_edge"] and row("post-lr0.002-s1")["lr_at_grid_edge"]
+    paper = row("post-lr0.0003-s1", "paper", "Post-LN at PLD's lr / 10 (baseline)")
+    assert paper == {"lr": 3e-4, "lr_at_grid_edge": None}
+    empty = dict.fromkeys(["final_val_mlm_loss", "below_unigram", "speedup_flops", "speedup_wall_s"])
+    flagged = {**empty, "depth": 12, "baseline": "post", "arm": "PLD", "reached_target": "0 of 1"}
+    flagged.update(loss_vs_baseline=None, lr=6e-3, lr_at_grid_edge=True)
+    assert "| PLD | 0.006 (grid edge: not bracketed) |" in ladder.render([flagged])
+
+
 @pytest.mark.slow  # ~50 s on 2 cores: 11 tiny runs and 2 reports, twice
 def test_ladder_smoke(tmp_path: Path) -> None:
     """scripts/ladder.py on one tiny depth: sweep (2 lrs, 3 arms), the second seed at each arm's best
@@ -370,6 +395,9 @@ def test_ladder_smoke(tmp_path: Path) -> None:
     assert len(paper) == 2  # the paper's pairing: Post-LN at PLD's lr / 10, both seeds
     assert "| 2 x 64 | paper |" in (tmp_path / "ladder" / "ladder.md").read_text()  # blocks x hidden
     assert all(r["hidden"] == 64 for r in rows)
+    # a grid of two lrs brackets nothing: every tuned arm's lr is flagged, the paper's is not tuned
+    assert all(r["lr_at_grid_edge"] for r in tuned) and "(grid edge: not bracketed)" in done.stdout
+    assert [r["lr_at_grid_edge"] for r in rows if r["arm"].startswith("Post-LN at PLD")] == [None]
     # the grid (3 arms x 2 lrs), seed 2 of each arm, 2 paper runs (one may be a grid run: 1e-2 / 10)
     n_runs = len(list(sweep.glob("*/summary.json")))
     assert table["compute"]["2"]["runs"] == n_runs and n_runs in (10, 11)
