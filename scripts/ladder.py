@@ -197,7 +197,7 @@ def rung(
             for lr in lrs:
                 for seed in seeds_:
                     if (arm, lr, seed) not in queued:
-                        path = out / "sweep" / f"{arm}-lr{lr:g}-s{seed}"
+                        path = out / "sweep" / sweep_lr.run_name(arm, lr, seed)
                         train_args = (path, args.data, args.config, arm, lr, seed, extra)
                         queued[(arm, lr, seed)] = pool.submit(sweep_lr.train, *train_args)
                         queued[(arm, lr, seed)].add_done_callback(lambda _: ledger.update())
@@ -236,11 +236,11 @@ def rung(
             continue
         recorded += settled[arm]["seeds"]
         lr = settled[arm]["best"]["lr"]
-        runs[arm] = [out / "sweep" / f"{arm}-lr{lr:g}-s{s}" for s in seeds]
+        runs[arm] = [out / "sweep" / sweep_lr.run_name(arm, lr, s) for s in seeds]
     if "paper" in settled["pld"]:
         recorded += settled["pld"]["paper"]
         lr = settled["pld"]["paper"][0]["lr"]
-        runs["paper"] = [out / "sweep" / f"post-lr{lr:g}-s{s}" for s in seeds]
+        runs["paper"] = [out / "sweep" / sweep_lr.run_name("post", lr, s) for s in seeds]
     rows = []
     for baseline in ("post", "paper"):
         if baseline not in runs or "post" not in runs:
@@ -329,11 +329,10 @@ def ladder_rows(depth: int, hidden: int, baseline: str, report: dict) -> list[di
 
 
 def tuned_lr(row: dict, sweeps: dict) -> dict:
-    """A ladder row's learning rate (from its runs' names, `<arm>-lr<lr>-s<seed>`) and whether it
+    """A ladder row's learning rate (from its runs' names, sweep_lr.run_name) and whether it
     lies at an edge of the arm's swept grid, i.e. the optimum was not bracketed; None for the
     paper-style baseline, which is held at PLD's lr / 10 by design, not tuned."""
-    arm, _, rest = Path(row["runs"][0]).name.partition("-lr")
-    lr = float(rest.rsplit("-s", 1)[0])
+    arm, lr = sweep_lr.parse_run_name(Path(row["runs"][0]).name)
     if row["baseline"] == "paper" and "(baseline)" in row["arm"]:
         return {"lr": lr, "lr_at_grid_edge": None}
     grid = [r["lr"] for r in sweeps.get(str(row["depth"]), sweeps.get(row["depth"], [])) if r["arm"] == arm]

@@ -28,6 +28,17 @@ ARMS = {"post": ["--norm", "post"], "pre": ["--norm", "pre"], "pld": ["--pld"]}
 STUCK = 0.2  # nats: within this of the unigram line a run has learned no language
 
 
+def run_name(arm: str, lr: float, seed: int) -> str:
+    """A sweep run's directory name, `<arm>-lr<lr>-s<seed>`."""
+    return f"{arm}-lr{lr:g}-s{seed}"
+
+
+def parse_run_name(name: str) -> tuple[str, float]:
+    """The arm and lr of a run directory named by run_name."""
+    arm, _, rest = name.partition("-lr")
+    return arm, float(rest.rsplit("-s", 1)[0])
+
+
 def finished(run: Path) -> bool:
     """A run that ended on its own stopping rule: its summary says so. A run stopped by a signal
     (Ctrl-C, a scheduler's SIGTERM) writes a summary too, and is resumed, not reused."""
@@ -119,7 +130,7 @@ def main() -> None:
 
     def one(job):
         arm, lr, seed = job
-        return job, train(out / f"{arm}-lr{lr:g}-s{seed}", args.data, args.config, arm, lr, seed, extra)
+        return job, train(out / run_name(arm, lr, seed), args.data, args.config, arm, lr, seed, extra)
 
     results = {}
     with ThreadPoolExecutor(args.jobs) as pool:
